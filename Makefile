@@ -1,0 +1,51 @@
+# tiered — `make help` lists the targets.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := .bin
+STAMPS := .stamps
+VPY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(BIN):$(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help setup test lint crds bench demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+
+setup: $(STAMPS)/python $(BIN)/kubectl $(STAMPS)/prometheus ## install everything tests and demo need (idempotent)
+
+$(STAMPS)/python: pyproject.toml
+	@mkdir -p $(STAMPS)
+	@test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+$(BIN)/kubectl:
+	$(PY) scripts/fetch_kube_binaries.py $(BIN)
+
+$(STAMPS)/prometheus:
+	@mkdir -p $(STAMPS)
+	@command -v prometheus >/dev/null || { \
+	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v prometheus >/dev/null && touch $@
+
+test: setup ## run all tests (unit, integration, e2e)
+	$(VPY) -m pytest -q -p no:cacheprovider
+
+lint: setup ## ruff, mypy (strict on pure modules), import-linter
+	$(VENV)/bin/ruff check operator router serving tests bench
+	$(VENV)/bin/mypy operator/tiered_operator router/tiered_router
+	$(VENV)/bin/lint-imports
+
+crds: setup ## regenerate crds/ from the pydantic models
+	$(VPY) -m tiered_operator.crds crds
+
+bench: setup ## print performance numbers
+	$(VPY) bench/reconcile.py
+
+demo: setup ## run the local stack: emulator, operator, examples
+	$(VPY) -m tiered_operator.demo
+
+clean: ## remove installed tools and caches
+	rm -rf $(VENV) $(BIN) $(STAMPS)

@@ -1,0 +1,47 @@
+"""The `tiered` command line: argument parsing and dispatch only.
+
+Each subcommand lives in the module that owns its work and is imported lazily, so `tiered render` does not
+pay for the router or Ray imports. User errors exit with code 2 and a one-line message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# subcommand → ("module:function", help). Each function takes the parsed argparse.Namespace and returns
+# an exit code; its module also exposes `add_arguments(parser)`.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+
+
+class UsageError(Exception):
+    """A problem with the user's input: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tiered", description="Tiered LLM inference on Kubernetes.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (target, help_text) in SUBCOMMANDS.items():
+        module_name, _, func = target.partition(":")
+        module = importlib.import_module(module_name)
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        getattr(module, f"add_{func}_arguments")(sub_parser)
+        sub_parser.set_defaults(_handler=getattr(module, func))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._handler(args) or 0)
+    except UsageError as error:
+        print(f"tiered {args.command}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
