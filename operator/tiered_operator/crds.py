@@ -1,0 +1,198 @@
+"""CustomResourceDefinitions generated from the pydantic models in `model` (the one source).
+
+`python -m tiered_operator.crds DIR` (`make crds`) writes them; a unit test fails when `crds/` drifts.
+Pydantic's JSON schema is turned into a Kubernetes structural schema: `$ref`s inlined, `Optional[X]`
+becomes plain X (absent = unset), titles dropped, container defaults (`{}`/`[]`) emitted so the API
+server's defaulting reaches nested fields before CEL rules run.
+
+Pure: returns plain dicts; the only I/O is `main` writing files.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, NoDefault
+from pydantic_core import core_schema
+
+from tiered_operator.model import GROUP, VERSION, InferenceTierSpec, RoutingPolicySpec
+
+READY = '.status.conditions[?(@.type=="Ready")].status'
+
+
+class _StructuralSchema(GenerateJsonSchema):
+    def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
+        factory = schema.get("default_factory")
+        if factory is None:
+            return schema.get("default", NoDefault)
+        if isinstance(factory, type) and issubclass(factory, BaseModel | dict):
+            return {}
+        if factory is list:
+            return []
+        return NoDefault
+
+
+def _structural(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_structural(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = defs[node["$ref"].rsplit("/", 1)[-1]]
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _structural(merged, defs)
+    if "anyOf" in node:
+        options = [option for option in node["anyOf"] if option != {"type": "null"}]
+        if len(options) == 1:
+            rest = {k: v for k, v in node.items() if k != "anyOf" and not (k == "default" and v is None)}
+            return _structural({**options[0], **rest}, defs)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in ("title", "$defs"):
+            continue
+        if key == "additionalProperties" and value is False:
+            continue  # structural schemas prune unknown fields instead
+        if key == "properties":
+            out[key] = {name: _structural(prop, defs) for name, prop in value.items()}
+        else:
+            out[key] = _structural(value, defs)
+    return out
+
+
+def openapi_schema(spec_model: type[BaseModel]) -> dict[str, Any]:
+    """The structural OpenAPI v3 schema of a spec model."""
+    raw = spec_model.model_json_schema(by_alias=True, schema_generator=_StructuralSchema)
+    spec = _structural(raw, raw.get("$defs", {}))
+    assert isinstance(spec, dict)
+    return spec
+
+
+def _crd(
+    *,
+    kind: str,
+    plural: str,
+    short_name: str,
+    spec_model: type[BaseModel],
+    columns: list[dict[str, Any]],
+    subresources: dict[str, Any],
+) -> dict[str, Any]:
+    spec_schema = openapi_schema(spec_model)
+    description = spec_schema.pop("description", "")
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short_name],
+                "categories": ["tiered"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": description,
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema,
+                                "status": {
+                                    "type": "object",
+                                    "description": "Written by the operator.",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                },
+                            },
+                        }
+                    },
+                    "subresources": subresources,
+                    "additionalPrinterColumns": [
+                        *columns,
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                }
+            ],
+        },
+    }
+
+
+def inference_tier_crd() -> dict[str, Any]:
+    return _crd(
+        kind="InferenceTier",
+        plural="inferencetiers",
+        short_name="itier",
+        spec_model=InferenceTierSpec,
+        columns=[
+            {"name": "Model", "type": "string", "jsonPath": ".spec.model.id"},
+            {"name": "Accelerator", "type": "string", "jsonPath": ".spec.accelerator.type"},
+            {"name": "Ready-Replicas", "type": "integer", "jsonPath": ".status.replicas.ready"},
+            {"name": "Desired", "type": "integer", "jsonPath": ".status.replicas.desired"},
+            {"name": "Ready", "type": "string", "jsonPath": READY},
+        ],
+        subresources={
+            "status": {},
+            "scale": {
+                "specReplicasPath": ".spec.replicas.desired",
+                "statusReplicasPath": ".status.replicas.ready",
+                "labelSelectorPath": ".status.selector",
+            },
+        },
+    )
+
+
+def routing_policy_crd() -> dict[str, Any]:
+    return _crd(
+        kind="RoutingPolicy",
+        plural="routingpolicies",
+        short_name="rpol",
+        spec_model=RoutingPolicySpec,
+        columns=[
+            {"name": "Default", "type": "string", "jsonPath": ".spec.default"},
+            {"name": "Bursting", "type": "boolean", "jsonPath": ".status.burst.active"},
+            {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
+            {"name": "Ready", "type": "string", "jsonPath": READY},
+        ],
+        subresources={"status": {}},
+    )
+
+
+def all_crds() -> dict[str, dict[str, Any]]:
+    """File name → CRD, as `make crds` writes them."""
+    return {
+        f"{crd['metadata']['name'].split('.', 1)[1]}_{crd['spec']['names']['plural']}.yaml": crd
+        for crd in (inference_tier_crd(), routing_policy_crd())
+    }
+
+
+def dump(crd: dict[str, Any]) -> str:
+    return "# Generated by `make crds` from operator/tiered_operator/model.py; do not edit.\n" + yaml.safe_dump(
+        crd, sort_keys=False, width=110, allow_unicode=True
+    )
+
+
+def main(argv: list[str]) -> int:
+    target = Path(argv[0] if argv else "crds")
+    target.mkdir(parents=True, exist_ok=True)
+    for name, crd in all_crds().items():
+        (target / name).write_text(dump(crd))
+        print(f"wrote {target / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,422 @@
+"""Typed specs of the `tiered.dev/v1alpha1` custom resources: the one source of the CRDs.
+
+Each custom resource is parsed once into a frozen pydantic model; nothing deeper indexes raw dicts.
+Field descriptions, bounds and defaults become the CRD's OpenAPI schema (`tiered_operator.crds`), and the
+cross-field rules are CEL expressions attached with `cel(...)`, enforced by the API server (and by
+`crd_validation` offline), so they are written once.
+
+Pure: no kopf, kubernetes or HTTP imports.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "tiered.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+def cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    """`json_schema_extra` carrying CEL rules as (rule, message) pairs."""
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in rules]}
+
+
+class Spec(BaseModel):
+    """Base of every spec model: camelCase on the wire, frozen, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, frozen=True, extra="forbid", use_enum_values=True
+    )
+
+
+Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+
+
+class SecretKeyRef(Spec):
+    """A key in a Secret in the object's namespace."""
+
+    name: Name = Field(description="Secret name.")
+    key: str = Field(min_length=1, max_length=253, description="Key inside the Secret.")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# InferenceTier
+
+Quantization = Literal["awq", "gptq", "fp8", "gguf", "none"]
+Engine = Literal["vllm", "llama-cpp"]
+AcceleratorType = Literal["H100", "H200", "B200", "CPU"]
+PARAMETERS_PATTERN = r"^[0-9]+(\.[0-9]+)?[MB]$"
+
+
+class ModelSpec(Spec):
+    """The model a tier serves."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("self.quantization != 'fp8' || self.bits == 8", "fp8 quantization stores 8 bits: set bits: 8"),
+            ("self.quantization != 'none' || self.bits == 16", "an unquantized model has bits: 16"),
+            (
+                "!(self.quantization in ['awq', 'gptq']) || self.bits in [4, 8]",
+                "awq and gptq models are 4- or 8-bit: set bits to 4 or 8",
+            ),
+        )
+    )
+
+    id: str = Field(
+        min_length=1, max_length=128, description="Model name clients use (OpenAI `model` field upstream)."
+    )
+    source: str = Field(
+        pattern=r"^(hf|s3|gs|pvc|file)://.+",
+        description="Where the weights come from: hf://org/repo, s3://bucket/path, gs://…, pvc://claim/path.",
+    )
+    parameters: str = Field(
+        pattern=PARAMETERS_PATTERN, description="Parameter count with unit, e.g. 8B or 135M (sizes the plan)."
+    )
+    quantization: Quantization = Field(default="none", description="Weight quantization format.")
+    bits: Literal[4, 8, 16] = Field(default=16, description="Bits per weight after quantization.")
+    max_model_len: int = Field(
+        default=8192, ge=256, le=1_048_576, description="Longest context (prompt + output) in tokens."
+    )
+    secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret holding a token for the weight source (e.g. HF_TOKEN)."
+    )
+
+    @property
+    def parameters_billions(self) -> float:
+        match = re.fullmatch(PARAMETERS_PATTERN, self.parameters)
+        assert match, "the schema pattern guarantees a parameter count"
+        number = float(self.parameters[:-1])
+        return number if self.parameters.endswith("B") else number / 1000
+
+
+class AcceleratorSpec(Spec):
+    """Where replicas run and how much of a device each takes."""
+
+    type: AcceleratorType = Field(default="H100", description="GPU product, or CPU (llama-cpp only).")
+    gpus_per_replica: str = Field(
+        default="auto",
+        pattern=r"^(auto|[0-9]+(\.[0-9]+)?)$",
+        description="GPUs per replica: 'auto' (planned from model size), a fraction < 1 to pack "
+        "several replicas per GPU, or a whole number for tensor parallelism.",
+    )
+    memory_utilization: float = Field(
+        default=0.9, ge=0.1, le=0.98, description="Share of each GPU's memory the engine may use."
+    )
+    cpus_per_replica: int = Field(default=2, ge=1, le=64, description="CPU cores per replica (CPU tiers).")
+
+
+class ReplicasSpec(Spec):
+    """Replica bounds. `desired` is what the /scale subresource writes (KEDA, HPA, kubectl scale)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("self.min <= self.max", "replicas.min must be less than or equal to replicas.max"),
+            (
+                "!has(self.desired) || (self.desired >= self.min && self.desired <= self.max)",
+                "replicas.desired must lie between replicas.min and replicas.max",
+            ),
+        )
+    )
+
+    min: int = Field(default=1, ge=0, le=512, description="Fewest replicas.")
+    max: int = Field(default=1, ge=1, le=512, description="Most replicas.")
+    desired: int | None = Field(
+        default=None,
+        ge=0,
+        le=512,
+        description="Fixed replica count when autoscaling is off; written by the /scale subresource.",
+    )
+
+
+class AutoscalingSpec(Spec):
+    """Replica autoscaling from a GPU signal read from Prometheus."""
+
+    enabled: bool = Field(default=True, description="Scale between min and max from the signal.")
+    metric: Literal["gpu-utilization", "engine-active", "queue-depth"] = Field(
+        default="gpu-utilization",
+        description="gpu-utilization: DCGM_FI_DEV_GPU_UTIL; engine-active: DCGM_FI_PROF_GR_ENGINE_ACTIVE; "
+        "queue-depth: the engine's waiting requests per replica.",
+    )
+    query: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="PromQL overriding the metric; must return one number on the target's scale.",
+    )
+    target: float = Field(default=70, gt=0, le=1000, description="Signal value each replica should run at.")
+    tolerance: float = Field(
+        default=0.1, ge=0, le=1, description="No scaling while |signal/target - 1| stays within this."
+    )
+    scale_up_stabilization_seconds: int = Field(
+        default=0, ge=0, le=3600, description="Scale up to the lowest recommendation of this window."
+    )
+    scale_down_stabilization_seconds: int = Field(
+        default=300, ge=0, le=3600, description="Scale down to the highest recommendation of this window."
+    )
+    max_step: int = Field(default=4, ge=1, le=64, description="Most replicas added or removed at once.")
+    interval_seconds: int = Field(default=15, ge=1, le=3600, description="How often the signal is read.")
+    stale_after_seconds: int = Field(
+        default=120, ge=5, le=3600, description="Samples older than this are ignored (hold steady)."
+    )
+
+
+class PricingSpec(Spec):
+    """What a self-hosted replica costs; tokens are priced from it by measured throughput."""
+
+    gpu_hour_usd: float = Field(default=0, ge=0, description="Price of one GPU (or CPU node) for an hour.")
+
+
+class InferenceTierSpec(Spec):
+    """A tier of self-hosted models: one KubeRay RayService running a Ray Serve LLM app."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "(self.model.quantization == 'gguf') == (self.engine == 'llama-cpp')",
+                "gguf weights run only on engine llama-cpp, and llama-cpp runs only gguf weights",
+            ),
+            (
+                "(self.accelerator.type == 'CPU') == (self.engine == 'llama-cpp')",
+                "accelerator CPU needs engine llama-cpp; GPU accelerators run engine vllm",
+            ),
+        )
+    )
+
+    model: ModelSpec
+    engine: Engine = Field(default="vllm", description="vllm (Ray Serve LLM) or llama-cpp (CPU, GGUF).")
+    accelerator: AcceleratorSpec = Field(default_factory=AcceleratorSpec)
+    replicas: ReplicasSpec = Field(default_factory=ReplicasSpec)
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    pricing: PricingSpec = Field(default_factory=PricingSpec)
+    max_ongoing_requests: int = Field(
+        default=64, ge=1, le=4096, description="Concurrent requests one replica accepts."
+    )
+    ray_version: str = Field(default="2.60.0", pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$", description="Ray version.")
+    image: str | None = Field(default=None, description="Container image; defaults follow engine and Ray.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Extra node labels for the worker pods."
+    )
+    tolerations: list[dict[str, str]] = Field(
+        default_factory=list, description="Extra tolerations for the worker pods."
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RoutingPolicy
+
+TIER_NAMES = "self.tiers.map(t, t.name)"
+
+
+class ExternalEndpoint(Spec):
+    """A tier served by an external OpenAI- or Anthropic-compatible API."""
+
+    base_url: str = Field(alias="baseURL", pattern=r"^https?://.+", description="API base URL.")
+    model: str = Field(min_length=1, description="Model name sent upstream.")
+    provider: Literal["openai", "anthropic"] = Field(default="openai", description="API dialect.")
+    api_key_secret_ref: SecretKeyRef | None = Field(default=None, description="Secret holding the API key.")
+
+
+class TokenPricing(Spec):
+    """Price per million tokens."""
+
+    input_per_m_tok: float = Field(default=0, ge=0, alias="inputPerMTok", description="USD per 1M input.")
+    output_per_m_tok: float = Field(default=0, ge=0, alias="outputPerMTok", description="USD per 1M output.")
+
+
+class PolicyTier(Spec):
+    """A tier the router may send to: a local InferenceTier or an external API."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("has(self.tierRef) != has(self.external)", "a tier names exactly one of tierRef or external")
+        )
+    )
+
+    name: Name = Field(description="Name used in rules, defaults and the OpenAI `model` field.")
+    tier_ref: Name | None = Field(default=None, description="An InferenceTier in this namespace.")
+    external: ExternalEndpoint | None = None
+    pricing: TokenPricing | None = Field(default=None, description="Per-token price (external tiers).")
+    max_concurrency: int | None = Field(
+        default=None, ge=1, le=100000, description="Concurrency budget; beyond it, overflow may burst."
+    )
+    fallback: list[Name] = Field(default_factory=list, max_length=8, description="Tiers to try on failure.")
+
+
+class SimilarTo(Spec):
+    """Match prompts semantically close to examples."""
+
+    examples: list[str] = Field(min_length=1, max_length=256)
+    threshold: float = Field(default=0.8, ge=0, le=1, description="Cosine similarity to match.")
+
+
+class RuleMatch(Spec):
+    """Conditions of a rule; all given ones must hold."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "!has(self.minPromptTokens) || !has(self.maxPromptTokens) "
+                "|| self.minPromptTokens <= self.maxPromptTokens",
+                "match.minPromptTokens must be less than or equal to match.maxPromptTokens",
+            )
+        )
+    )
+
+    task_types: list[str] = Field(default_factory=list, max_length=64, description="x-tiered-task values.")
+    min_prompt_tokens: int | None = Field(default=None, ge=0)
+    max_prompt_tokens: int | None = Field(default=None, ge=0)
+    keywords: list[str] = Field(default_factory=list, max_length=256)
+    regex: str | None = Field(default=None, max_length=1024)
+    similar_to: SimilarTo | None = None
+
+
+class Rule(Spec):
+    """Send matching `model: auto` requests to a tier. First match wins."""
+
+    match: RuleMatch
+    tier: Name
+
+
+class Escalation(Spec):
+    """Re-ask a stronger tier when the answer's confidence is low."""
+
+    from_: Name = Field(alias="from")
+    to: Name
+    min_confidence: float = Field(default=0.7, ge=0, le=1, description="Mean token probability floor.")
+
+
+class Burst(Spec):
+    """Send a tier's overflow elsewhere while its GPU signal stays high."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("self.exitBelow <= self.utilizationAbove", "burst.exitBelow must not exceed burst.utilizationAbove")
+        )
+    )
+
+    from_: Name = Field(alias="from")
+    to: Name
+    utilization_above: float = Field(default=85, ge=0, le=100, description="Enter at or above this %.")
+    for_seconds: int = Field(default=300, ge=0, le=86400, description="…held for this long.")
+    exit_below: float = Field(default=70, ge=0, le=100, description="Leave below this %.")
+    exit_for_seconds: int = Field(default=300, ge=0, le=86400, description="…held for this long.")
+
+
+class Privacy(Spec):
+    """Traffic that must never leave the cluster."""
+
+    private_teams: list[str] = Field(default_factory=list)
+    private_header: str = Field(default="x-tiered-private", description="Header marking a request private.")
+
+
+class ExactCache(Spec):
+    ttl_seconds: int = Field(default=300, ge=1, le=604800)
+
+
+class SemanticCache(Spec):
+    threshold: float = Field(default=0.95, ge=0, le=1)
+
+
+class Cache(Spec):
+    exact: ExactCache | None = None
+    semantic: SemanticCache | None = None
+
+
+class Budget(Spec):
+    team: str = Field(min_length=1)
+    monthly_usd: float = Field(ge=0, alias="monthlyUSD")
+    on_exceed: Literal["downgrade", "reject"] = "downgrade"
+
+
+class RouterDeployment(Spec):
+    replicas: int = Field(default=2, ge=1, le=100)
+    image: str | None = None
+    api_keys_secret_ref: Name | None = Field(default=None, description="Secret with the router's API keys.")
+
+
+class RoutingPolicySpec(Spec):
+    """How requests to one OpenAI-compatible endpoint are spread over tiers."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("self.default in " + TIER_NAMES, "default must name one of the tiers"),
+            ("!has(self.baseline) || self.baseline in " + TIER_NAMES, "baseline must name one of the tiers"),
+            ("self.tiers.all(t, self.tiers.exists_one(u, u.name == t.name))", "tier names must be unique"),
+            ("!has(self.rules) || self.rules.all(r, r.tier in " + TIER_NAMES + ")", "every rule's tier must name one of the tiers"),
+            (
+                "self.tiers.all(t, !has(t.fallback) || t.fallback.all(f, f in " + TIER_NAMES + "))",
+                "every fallback must name one of the tiers",
+            ),
+            (
+                "!has(self.burst) || (self.burst.from in " + TIER_NAMES + " && self.burst.to in "
+                + TIER_NAMES + ")",
+                "burst.from and burst.to must name tiers",
+            ),
+            (
+                "!has(self.escalation) || (self.escalation.from in " + TIER_NAMES
+                + " && self.escalation.to in " + TIER_NAMES + ")",
+                "escalation.from and escalation.to must name tiers",
+            ),
+        )
+    )
+
+    tiers: list[PolicyTier] = Field(min_length=1, max_length=32)
+    default: Name = Field(description="Tier for `model: auto` requests no rule matched.")
+    baseline: Name | None = Field(default=None, description="Tier savings are measured against.")
+    rules: list[Rule] = Field(default_factory=list, max_length=256)
+    escalation: Escalation | None = None
+    burst: Burst | None = None
+    privacy: Privacy = Field(default_factory=Privacy)
+    cache: Cache | None = None
+    budgets: list[Budget] = Field(default_factory=list)
+    router: RouterDeployment = Field(default_factory=RouterDeployment)
+
+    def tier(self, name: str) -> PolicyTier:
+        return next(t for t in self.tiers if t.name == name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Objects
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metadata the operator reads."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str
+    namespace: str = "default"
+    uid: str = ""
+    generation: int = 0
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class InferenceTier(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    kind: Literal["InferenceTier"] = "InferenceTier"
+    api_version: str = Field(default=API_VERSION, alias="apiVersion")
+    metadata: ObjectMeta
+    spec: InferenceTierSpec
+
+
+class RoutingPolicy(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    kind: Literal["RoutingPolicy"] = "RoutingPolicy"
+    api_version: str = Field(default=API_VERSION, alias="apiVersion")
+    metadata: ObjectMeta
+    spec: RoutingPolicySpec
+
+
+def gpus_per_replica_value(spec: AcceleratorSpec) -> float | None:
+    """The explicit GPUs per replica, or None for 'auto'."""
+    if spec.gpus_per_replica == "auto":
+        return None
+    value = float(spec.gpus_per_replica)
+    return value if math.isfinite(value) else None
