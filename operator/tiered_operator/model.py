@@ -168,7 +168,7 @@ class AutoscalingSpec(Spec):
 class PricingSpec(Spec):
     """What a self-hosted replica costs; tokens are priced from it by measured throughput."""
 
-    gpu_hour_usd: float = Field(default=0, ge=0, description="Price of one GPU (or CPU node) for an hour.")
+    gpu_hour_usd: float = Field(default=0, ge=0, alias="gpuHourUSD", description="Price of one GPU (or CPU node) for an hour.")
 
 
 class InferenceTierSpec(Spec):

@@ -1,0 +1,94 @@
+"""`tiered render` and `tiered plan`: what the operator would create, without a cluster."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tiered_operator.cli import UsageError
+from tiered_operator.model import InferenceTier, RoutingPolicy
+from tiered_operator.objects import InvalidObject, Skipped, load_file
+from tiered_operator.plan import CapacityPlan, PlanError, plan_capacity
+from tiered_operator.render import desired_replicas, render_rayservice, to_yaml
+
+
+def _load(paths: list[Path]) -> list[tuple[Path, InferenceTier | RoutingPolicy]]:
+    loaded: list[tuple[Path, InferenceTier | RoutingPolicy]] = []
+    for path in paths:
+        files = sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml")) if path.is_dir() else [path]
+        for file in files:
+            try:
+                objects = load_file(file)
+            except OSError as error:
+                raise UsageError(f"cannot read {file}: {error.strerror or error}") from None
+            except yaml.YAMLError as error:
+                raise UsageError(f"{file}: malformed YAML: {error}".replace("\n", " ")) from None
+            except InvalidObject as error:
+                raise UsageError(str(error)) from None
+            loaded += [(file, obj) for obj in objects if not isinstance(obj, Skipped)]
+    return loaded
+
+
+def _plan(file: Path, tier: InferenceTier) -> CapacityPlan:
+    try:
+        return plan_capacity(tier.spec)
+    except PlanError as error:
+        raise UsageError(f"{file}: InferenceTier/{tier.metadata.name}: spec: {error}") from None
+
+
+def render_documents(paths: list[Path]) -> list[dict[str, Any]]:
+    documents = []
+    for file, obj in _load(paths):
+        if isinstance(obj, InferenceTier):
+            documents.append(render_rayservice(obj, _plan(file, obj), desired_replicas(obj.spec, None)))
+    return documents
+
+
+def add_render_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-f", "--filename", type=Path, action="append", required=True,
+                        help="YAML file or folder of tiered.dev objects (repeatable)")
+
+
+def render(args: argparse.Namespace) -> int:
+    print(to_yaml(render_documents(args.filename)), end="")
+    return 0
+
+
+add_plan_arguments = add_render_arguments
+
+
+def plan_rows(paths: list[Path]) -> list[list[str]]:
+    header = ["NAMESPACE", "NAME", "MODEL", "ACCELERATOR", "WEIGHTS", "KV", "PER-REPLICA", "REPLICAS/GPU",
+              "GPUS/REPLICA", "TP", "GPUS(MIN-MAX)"]
+    rows = [header]
+    for file, obj in _load(paths):
+        if not isinstance(obj, InferenceTier):
+            continue
+        plan = _plan(file, obj)
+        spec = obj.spec
+        rows.append([
+            obj.metadata.namespace,
+            obj.metadata.name,
+            f"{spec.model.id} ({spec.model.parameters} {spec.model.quantization}/{spec.model.bits}b)",
+            spec.accelerator.type,
+            f"{plan.weights_gib:.1f}Gi",
+            f"{plan.kv_cache_gib:.1f}Gi",
+            f"{plan.replica_gib:.1f}Gi",
+            str(plan.replicas_per_gpu) if plan.on_gpu else "-",
+            f"{plan.gpus_per_replica:g}" if plan.on_gpu else f"{plan.cpus_per_replica} cpu",
+            str(plan.tensor_parallel_size) if plan.on_gpu else "-",
+            f"{plan.worker_gpus(spec.replicas.min)}-{plan.worker_gpus(spec.replicas.max)}"
+            if plan.on_gpu else "-",
+        ])
+    return rows
+
+
+def plan(args: argparse.Namespace) -> int:
+    rows = plan_rows(args.filename)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0

@@ -1,0 +1,329 @@
+"""Rendering: an InferenceTier and its capacity plan → the KubeRay `RayService` (ray.io/v1) that runs it.
+
+vLLM tiers run Ray Serve LLM (`ray.serve.llm:build_openai_app`) with one LLMConfig; llama-cpp tiers run
+`tiered_serving.llama_cpp:build_app`. The RayService carries a spec-hash annotation computed with every
+replica count blanked, so scaling (which rewrites only `num_replicas` and the worker-group bounds) never
+changes the hash, and a hash change always means "the spec changed: update the child".
+
+Pure: typed input, plain dicts out, stable key order.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from typing import Any
+
+import yaml
+
+from tiered_operator.model import InferenceTier, InferenceTierSpec
+from tiered_operator.plan import CapacityPlan
+
+RAYSERVICE_API_VERSION = "ray.io/v1"
+SPEC_HASH_ANNOTATION = "tiered.dev/spec-hash"
+TIER_LABEL = "tiered.dev/tier"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "tiered"}
+APP_NAME = "llm"
+VLLM_IMPORT_PATH = "ray.serve.llm:build_openai_app"
+LLAMA_CPP_IMPORT_PATH = "tiered_serving.llama_cpp:build_app"
+LLAMA_CPP_DEPLOYMENT = "LlamaCppServer"
+SERVING_IMAGE = "ghcr.io/tiered-dev/tiered-serving"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_PRODUCTS = {"H100": "NVIDIA-H100-80GB-HBM3", "H200": "NVIDIA-H200", "B200": "NVIDIA-B200"}
+GPU_RESOURCE = "nvidia.com/gpu"
+SERVE_PORT = 8000
+WORKER_GROUP = "workers"
+MODEL_MOUNT = "/models"
+VLLM_QUANTIZATION = {"awq": "awq", "gptq": "gptq", "fp8": "fp8"}
+
+
+def default_image(spec: InferenceTierSpec) -> str:
+    if spec.image:
+        return spec.image
+    if spec.engine == "llama-cpp":
+        return f"{SERVING_IMAGE}:ray{spec.ray_version}"
+    return f"rayproject/ray-llm:{spec.ray_version}-py311-cu128"
+
+
+def endpoint(name: str, namespace: str) -> str:
+    """In-cluster OpenAI base URL of a tier (KubeRay's serve Service is `<name>-serve-svc`)."""
+    return f"http://{name}-serve-svc.{namespace}.svc.cluster.local:{SERVE_PORT}/v1"
+
+
+def desired_replicas(spec: InferenceTierSpec, autoscaled: int | None) -> int:
+    """Replicas to run: the autoscaler's choice when autoscaling, else `desired`, clamped to min/max."""
+    if spec.autoscaling.enabled and autoscaled is not None:
+        wanted = autoscaled
+    elif spec.replicas.desired is not None:
+        wanted = spec.replicas.desired
+    else:
+        wanted = spec.replicas.min
+    return max(spec.replicas.min, min(spec.replicas.max, wanted))
+
+
+def _model_location(spec: InferenceTierSpec) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """(model_source for the engine, volumes, volume mounts)."""
+    scheme, _, rest = spec.model.source.partition("://")
+    if scheme == "hf":
+        return rest, [], []
+    if scheme == "pvc":
+        claim, _, path = rest.partition("/")
+        volume = {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        mount = {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}
+        return f"{MODEL_MOUNT}/{path}".rstrip("/"), [volume], [mount]
+    return spec.model.source, [], []
+
+
+def _secret_env(spec: InferenceTierSpec) -> list[dict[str, Any]]:
+    ref = spec.model.secret_ref
+    if ref is None:
+        return []
+    name = "HF_TOKEN" if spec.model.source.startswith("hf://") else "MODEL_SOURCE_TOKEN"
+    return [{"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
+
+
+def serve_application(spec: InferenceTierSpec, plan: CapacityPlan, replicas: int) -> dict[str, Any]:
+    """The one Ray Serve application of a tier, in KubeRay's serveConfigV2 format."""
+    model_source, _, _ = _model_location(spec)
+    deployment = {"num_replicas": replicas, "max_ongoing_requests": spec.max_ongoing_requests}
+    if spec.engine == "llama-cpp":
+        return {
+            "name": APP_NAME,
+            "import_path": LLAMA_CPP_IMPORT_PATH,
+            "route_prefix": "/",
+            "args": {
+                "model_id": spec.model.id,
+                "model_source": model_source,
+                "n_ctx": spec.model.max_model_len,
+                "n_threads": plan.cpus_per_replica,
+            },
+            "deployments": [
+                {
+                    "name": LLAMA_CPP_DEPLOYMENT,
+                    **deployment,
+                    "ray_actor_options": {"num_cpus": plan.cpus_per_replica},
+                }
+            ],
+        }
+    engine_kwargs: dict[str, Any] = {
+        "dtype": "auto",
+        "max_model_len": spec.model.max_model_len,
+        "gpu_memory_utilization": plan.engine_memory_utilization,
+        "tensor_parallel_size": plan.tensor_parallel_size,
+    }
+    if spec.model.quantization in VLLM_QUANTIZATION:
+        engine_kwargs["quantization"] = VLLM_QUANTIZATION[spec.model.quantization]
+    llm_config: dict[str, Any] = {
+        "model_loading_config": {"model_id": spec.model.id, "model_source": model_source},
+        "accelerator_type": spec.accelerator.type,
+        "engine_kwargs": engine_kwargs,
+        "deployment_config": deployment,
+    }
+    if plan.replicas_per_gpu > 1:
+        # Several engines share one GPU: each asks Ray for its fraction, not a whole device.
+        llm_config["placement_group_config"] = {
+            "bundles": [{"CPU": 1, "GPU": plan.gpus_per_replica}],
+            "strategy": "PACK",
+        }
+    return {
+        "name": APP_NAME,
+        "import_path": VLLM_IMPORT_PATH,
+        "route_prefix": "/",
+        "args": {"llm_configs": [llm_config]},
+    }
+
+
+def serve_config(spec: InferenceTierSpec, plan: CapacityPlan, replicas: int) -> dict[str, Any]:
+    return {"applications": [serve_application(spec, plan, replicas)]}
+
+
+def worker_pods(plan: CapacityPlan, replicas: int) -> int:
+    """Worker pods for `replicas` replicas: one per GPU group on GPU tiers, one per replica on CPU."""
+    if not plan.on_gpu:
+        return replicas
+    return math.ceil(plan.worker_gpus(replicas) / plan.tensor_parallel_size)
+
+
+def _worker_resources(plan: CapacityPlan) -> dict[str, str]:
+    if not plan.on_gpu:
+        memory = math.ceil(plan.replica_gib + 1)
+        return {"cpu": str(plan.cpus_per_replica), "memory": f"{memory}Gi"}
+    gpus = plan.tensor_parallel_size
+    engines = plan.replicas_per_gpu if plan.replicas_per_gpu > 1 else 1
+    cpu = 2 + 2 * max(engines, gpus)
+    memory = 8 + math.ceil(2 * plan.weights_gib * engines)
+    return {"cpu": str(cpu), "memory": f"{memory}Gi", GPU_RESOURCE: str(gpus)}
+
+
+def _head_group(image: str) -> dict[str, Any]:
+    ports = [
+        {"containerPort": SERVE_PORT, "name": "serve", "protocol": "TCP"},
+        {"containerPort": 8080, "name": "metrics", "protocol": "TCP"},
+        {"containerPort": 6379, "name": "gcs", "protocol": "TCP"},
+        {"containerPort": 8265, "name": "dashboard", "protocol": "TCP"},
+        {"containerPort": 10001, "name": "client", "protocol": "TCP"},
+    ]
+    resources = {"cpu": "2", "memory": "8Gi"}
+    return {
+        # The head schedules no engine: all replicas land on workers.
+        "rayStartParams": {"num-cpus": "0", "num-gpus": "0"},
+        "template": {
+            "spec": {
+                "containers": [
+                    {
+                        "name": "ray-head",
+                        "image": image,
+                        "ports": ports,
+                        "resources": {"limits": resources, "requests": dict(resources)},
+                    }
+                ]
+            }
+        },
+    }
+
+
+def _worker_group(
+    tier: InferenceTier, plan: CapacityPlan, image: str, replicas: int
+) -> dict[str, Any]:
+    spec = tier.spec
+    resources = _worker_resources(plan)
+    _, volumes, mounts = _model_location(spec)
+    container: dict[str, Any] = {
+        "name": "ray-worker",
+        "image": image,
+        "resources": {"limits": resources, "requests": dict(resources)},
+    }
+    if env := _secret_env(spec):
+        container["env"] = env
+    if mounts:
+        container["volumeMounts"] = mounts
+    pod_spec: dict[str, Any] = {"containers": [container]}
+    node_selector = dict(spec.node_selector)
+    tolerations = [dict(t) for t in spec.tolerations]
+    if plan.on_gpu:
+        node_selector = {GPU_PRODUCT_LABEL: GPU_PRODUCTS[spec.accelerator.type], **node_selector}
+        tolerations.insert(0, {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if volumes:
+        pod_spec["volumes"] = volumes
+    start_params = {"num-cpus": resources["cpu"]}
+    if plan.on_gpu:
+        start_params["num-gpus"] = resources[GPU_RESOURCE]
+    return {
+        "groupName": WORKER_GROUP,
+        "replicas": worker_pods(plan, replicas),
+        "minReplicas": worker_pods(plan, spec.replicas.min),
+        "maxReplicas": worker_pods(plan, spec.replicas.max),
+        "numOfHosts": 1,
+        "rayStartParams": start_params,
+        "template": {
+            "metadata": {"labels": {TIER_LABEL: tier.metadata.name}},
+            "spec": pod_spec,
+        },
+    }
+
+
+def _deployment_options(app: dict[str, Any]) -> list[dict[str, Any]]:
+    """The dicts holding `num_replicas` in one serveConfigV2 application."""
+    llm_configs = (app.get("args") or {}).get("llm_configs", [])
+    return [llm.setdefault("deployment_config", {}) for llm in llm_configs] + list(app.get("deployments", []))
+
+
+def _without_replica_counts(rayservice: dict[str, Any]) -> dict[str, Any]:
+    blank = copy.deepcopy(rayservice)
+    config = yaml.safe_load(blank["spec"]["serveConfigV2"])
+    for app in config["applications"]:
+        for deployment in _deployment_options(app):
+            deployment.pop("num_replicas", None)
+    blank["spec"]["serveConfigV2"] = config
+    for group in blank["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        for key in ("replicas", "minReplicas", "maxReplicas"):
+            group.pop(key, None)
+    blank["metadata"].get("annotations", {}).pop(SPEC_HASH_ANNOTATION, None)
+    return blank
+
+
+def spec_hash(rayservice: dict[str, Any]) -> str:
+    """Hash of a rendered RayService with every replica count blanked."""
+    payload = json.dumps(_without_replica_counts(rayservice), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def render_rayservice(tier: InferenceTier, plan: CapacityPlan, replicas: int) -> dict[str, Any]:
+    """The RayService for `tier` running `replicas` Serve replicas (already clamped by the caller)."""
+    spec = tier.spec
+    meta = tier.metadata
+    image = default_image(spec)
+    metadata: dict[str, Any] = {
+        "name": meta.name,
+        "namespace": meta.namespace,
+        "labels": {**MANAGED_BY, TIER_LABEL: meta.name},
+        "annotations": {},
+    }
+    if meta.uid:
+        metadata["ownerReferences"] = [
+            {
+                "apiVersion": tier.api_version,
+                "kind": tier.kind,
+                "name": meta.name,
+                "uid": meta.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    rayservice: dict[str, Any] = {
+        "apiVersion": RAYSERVICE_API_VERSION,
+        "kind": "RayService",
+        "metadata": metadata,
+        "spec": {
+            "serveConfigV2": yaml.safe_dump(serve_config(spec, plan, replicas), sort_keys=False, width=1000),
+            "rayClusterConfig": {
+                "rayVersion": spec.ray_version,
+                "headGroupSpec": _head_group(image),
+                "workerGroupSpecs": [_worker_group(tier, plan, image, replicas)],
+            },
+        },
+    }
+    metadata["annotations"][SPEC_HASH_ANNOTATION] = spec_hash(rayservice)
+    return rayservice
+
+
+def replica_fields(rayservice: dict[str, Any]) -> dict[str, Any]:
+    """The replica counts of a RayService (rendered or read back), for comparing desired with actual."""
+    spec = rayservice.get("spec", {})
+    config = yaml.safe_load(spec.get("serveConfigV2") or "{}") or {}
+    serve = [
+        deployment.get("num_replicas")
+        for app in config.get("applications", [])
+        for deployment in _deployment_options(app)
+    ]
+    groups = [
+        {key: group.get(key) for key in ("groupName", "replicas", "minReplicas", "maxReplicas")}
+        for group in spec.get("rayClusterConfig", {}).get("workerGroupSpecs", [])
+    ]
+    return {"numReplicas": serve, "workerGroups": groups}
+
+
+class _ManifestDumper(yaml.SafeDumper):
+    """Block style for multi-line strings (serveConfigV2 stays readable), and no anchors."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ManifestDumper.add_representer(str, _represent_str)
+
+
+def to_yaml(documents: list[dict[str, Any]]) -> str:
+    """Multi-document YAML of rendered manifests, keys in render order."""
+    return yaml.dump_all(documents, Dumper=_ManifestDumper, sort_keys=False, width=120)
