@@ -1,0 +1,91 @@
+"""kopf wiring: every decorator of the operator lives here, each delegating to `reconcile` in a line or two.
+
+Run with `kopf run --standalone -A -m tiered_operator.handlers` (or `tiered operator`).
+Children are read from in-memory indexes fed by watches, so periodic reconciles cost no API reads,
+and a reconcile that finds nothing to change writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from tiered_operator.kube import Kube
+from tiered_operator.model import GROUP, VERSION
+from tiered_operator.reconcile import Outcome, policy_status, reconcile_tier
+
+TIERS = (GROUP, VERSION, "inferencetiers")
+POLICIES = (GROUP, VERSION, "routingpolicies")
+RAYSERVICES = ("ray.io", "v1", "rayservices")
+MANAGED = {"app.kubernetes.io/managed-by": "tiered"}
+# How often every object is re-reconciled even without events (readiness, drift). Seconds.
+RESYNC_SECONDS = float(os.environ.get("TIERED_RESYNC_SECONDS", "30"))
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Keep kopf's bookkeeping in status (one write fewer per change) and post only our own Events.
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage()
+    settings.persistence.progress_storage = kopf.StatusProgressStorage()
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.batching.worker_limit = 64
+    memo.kube = await Kube.connect()
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await memo.kube.close()
+
+
+@kopf.index(*RAYSERVICES, labels=MANAGED)
+def rayservices(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], Any]:
+    return {(namespace, name): dict(body)}
+
+
+@kopf.index(*TIERS)
+def tier_statuses(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[tuple[str, str], Any]:
+    return {(namespace, name): dict(status)}
+
+
+def _apply(outcome: Outcome, body: kopf.Body, patch: kopf.Patch) -> None:
+    for key, value in outcome.status_patch.items():
+        patch.status[key] = value
+    for event in outcome.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+
+def _one(index: kopf.Index[tuple[str, str], Any], key: tuple[str, str]) -> Mapping[str, Any] | None:
+    found = index.get(key)
+    return next(iter(found), None) if found else None
+
+
+@kopf.on.resume(*TIERS)
+@kopf.on.create(*TIERS)
+@kopf.on.update(*TIERS)
+@kopf.timer(*TIERS, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+async def tier(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, rayservices: kopf.Index[Any, Any], **_: Any
+) -> None:
+    actual = _one(rayservices, (body.metadata.namespace, body.metadata.name))
+    outcome = await reconcile_tier(body, actual, memo.kube, datetime.now(UTC))
+    _apply(outcome, body, patch)
+
+
+@kopf.on.resume(*POLICIES)
+@kopf.on.create(*POLICIES)
+@kopf.on.update(*POLICIES)
+@kopf.timer(*POLICIES, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+async def policy(
+    body: kopf.Body, patch: kopf.Patch, tier_statuses: kopf.Index[Any, Any], **_: Any
+) -> None:
+    namespace = body.metadata.namespace
+    tiers = {name: status for (ns, name), statuses in tier_statuses.items() if ns == namespace
+             for status in statuses}
+    _apply(policy_status(body, tiers, datetime.now(UTC)), body, patch)

@@ -1,0 +1,65 @@
+"""Thin async Kubernetes access for the operator's children (RayServices, later router objects).
+
+Built once at start-up (kopf's `memo`) and passed in; no module-level clients. Everything here is I/O;
+decisions happen in `reconcile` and `render`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class Kube:
+    """Create, patch and read namespaced custom objects."""
+
+    def __init__(self, api: client.ApiClient):
+        self._api = api
+        self._custom = client.CustomObjectsApi(api)
+
+    @classmethod
+    async def connect(cls) -> Kube:
+        """From the in-cluster service account, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+        try:
+            config.load_incluster_config()
+            api = client.ApiClient()
+        except config.ConfigException:
+            configuration = client.Configuration()
+            await config.load_kube_config(client_configuration=configuration)
+            api = client.ApiClient(configuration)
+        return cls(api)
+
+    async def close(self) -> None:
+        await self._api.close()
+
+    @staticmethod
+    def _coordinates(obj: Mapping[str, Any]) -> tuple[str, str]:
+        group, _, version = str(obj["apiVersion"]).partition("/")
+        return group, version
+
+    async def create(self, plural: str, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create `obj`; None when it already exists (409), which the next reconcile then compares."""
+        group, version = self._coordinates(obj)
+        try:
+            created: dict[str, Any] = await self._custom.create_namespaced_custom_object(
+                group, version, obj["metadata"]["namespace"], plural, dict(obj)
+            )
+        except ApiException as error:
+            if error.status == 409:
+                return None
+            raise
+        return created
+
+    async def patch(
+        self, plural: str, api_version: str, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        group, _, version = api_version.partition("/")
+        patched: dict[str, Any] = await self._custom.patch_namespaced_custom_object(
+            group, version, namespace, plural, name, dict(patch), _content_type=MERGE_PATCH
+        )
+        return patched
