@@ -1,0 +1,172 @@
+"""Test bed: runs `tiered cluster` (the Kubernetes API emulator) as a subprocess for a test.
+
+The `emulator` fixture in conftest.py yields an `EmulatorProcess`:
+
+    emulator.url                      http://127.0.0.1:PORT
+    emulator.kubeconfig               Path of its kubeconfig (context `tiered-emulator`)
+    emulator.env                      os.environ + KUBECONFIG, for starting kopf or other clients
+    emulator.kubectl(*args, input=None, check=True, timeout=60) -> CompletedProcess[str]
+    emulator.api(method, path, body=None, content_type=None, headers=None) -> (status, json)
+    emulator.requests() -> Counter[(verb, resource, subresource)]   # subresource "" for the main object
+    emulator.writes() -> int          # create/update/patch/delete/deletecollection since the last reset
+    emulator.reset_requests()
+
+`python tests/bed.py --bench` prints the emulator's throughput (GET and PATCH per second, 500 objects).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+KUBECTL = REPO_ROOT / ".bin" / "kubectl"
+TIERED = Path(sys.executable).with_name("tiered")
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+
+
+@dataclass
+class EmulatorProcess:
+    url: str
+    kubeconfig: Path
+    process: subprocess.Popen[bytes]
+    cache_dir: Path
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run the pinned kubectl against the emulator; check=True raises with kubectl's stderr."""
+        command = [str(KUBECTL), f"--kubeconfig={self.kubeconfig}", f"--cache-dir={self.cache_dir}", *args]
+        result = subprocess.run(command, input=input, capture_output=True, text=True, timeout=timeout,
+                                env=self.env)
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n"
+                                 f"{result.stdout}{result.stderr}")
+        return result
+
+    def api(self, method: str, path: str, body: Any = None, content_type: str | None = None,
+            headers: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, Any]:
+        """One raw HTTP request; returns (status, parsed JSON body) — errors too, never raises on 4xx."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=dict(headers or {}))
+        if data is not None:
+            request.add_header("Content-Type", content_type or "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, raw = error.code, error.read()
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, raw.decode()
+
+    def requests(self) -> collections.Counter[tuple[str, str, str]]:
+        _, data = self.api("GET", "/_emulator/requests")
+        return collections.Counter({(c["verb"], c["resource"], c["subresource"]): c["count"]
+                                    for c in data["counts"]})
+
+    def writes(self) -> int:
+        return sum(n for (verb, _, _), n in self.requests().items() if verb in WRITE_VERBS)
+
+    def reset_requests(self) -> None:
+        self.api("POST", "/_emulator/requests/reset")
+
+
+def check_kubectl() -> None:
+    if not os.access(KUBECTL, os.X_OK):
+        raise RuntimeError(f"{KUBECTL} is missing: run `make setup` (the test bed needs the pinned kubectl)")
+
+
+@contextlib.contextmanager
+def running_emulator(workdir: Path, extra_args: Sequence[str] = (), timeout: float = 30) -> Iterator[EmulatorProcess]:
+    """Start `tiered cluster` on an ephemeral loopback port; wait until it answers; stop it afterwards."""
+    check_kubectl()
+    kubeconfig, log = workdir / "kubeconfig", workdir / "emulator.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([str(TIERED), "cluster", "--port", "0", "--kubeconfig", str(kubeconfig),
+                                    *extra_args], stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    try:
+        deadline = time.monotonic() + timeout
+        url = None
+        while url is None:  # the kubeconfig appears (atomically) once the server listens
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"tiered cluster did not start:\n{log.read_text()}")
+            if kubeconfig.exists():
+                url = next(line.split("server:")[1].strip() for line in kubeconfig.read_text().splitlines()
+                           if "server:" in line)
+            else:
+                time.sleep(0.05)
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        emulator = EmulatorProcess(url, kubeconfig, process, workdir / "kube-cache", log, env)
+        while emulator.api("GET", "/readyz")[0] != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"tiered cluster is not ready:\n{log.read_text()}")
+            time.sleep(0.05)
+        yield emulator
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def bench(objects: int = 500, seconds: float = 5.0, concurrency: int = 16) -> dict[str, float]:
+    """Requests per second against a fresh emulator with `objects` custom resources (one client process)."""
+    import asyncio
+
+    import aiohttp
+
+    async def load(url: str) -> dict[str, float]:
+        base = f"{url}/apis/ray.io/v1/namespaces/default/rayservices"
+        async with aiohttp.ClientSession() as session:
+            for i in range(objects):
+                async with session.post(base, json={"apiVersion": "ray.io/v1", "kind": "RayService",
+                                                    "metadata": {"name": f"rs-{i}"}, "spec": {}}) as response:
+                    assert response.status == 201, await response.text()
+            results = {}
+            for verb in ("GET", "PATCH"):
+                done, stop = 0, time.monotonic() + seconds
+
+                async def worker(offset: int, verb: str = verb) -> None:
+                    nonlocal done
+                    i = offset
+                    while time.monotonic() < stop:
+                        name = f"{base}/rs-{i % objects}"
+                        if verb == "GET":
+                            request = session.get(name)
+                        else:
+                            request = session.patch(name, data=json.dumps({"metadata": {"labels": {"n": str(i)}}}),
+                                                    headers={"Content-Type": "application/merge-patch+json"})
+                        async with request as response:
+                            await response.read()
+                            assert response.status == 200
+                        done, i = done + 1, i + concurrency
+
+                started = time.monotonic()
+                await asyncio.gather(*(worker(n) for n in range(concurrency)))
+                results[f"{verb} per second"] = round(done / (time.monotonic() - started))
+            return results
+
+    with tempfile.TemporaryDirectory() as workdir, running_emulator(Path(workdir), ["--no-validation"]) as emulator:
+        return asyncio.run(load(emulator.url))
+
+
+if __name__ == "__main__":
+    if "--bench" in sys.argv:
+        print(bench())
