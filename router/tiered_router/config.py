@@ -1,0 +1,228 @@
+"""`RouterConfig`: the router's whole configuration as one frozen, documented pydantic model.
+
+The operator renders it from a RoutingPolicy (plus InferenceTier endpoints and the policy's burst status)
+into a ConfigMap; the router loads it from the mounted file and reloads it when the file changes. Field
+names are camelCase on the wire (like the CRDs) and snake_case in Python; `RouterConfig(...)` accepts both.
+
+This module is pure: no HTTP or Kubernetes imports. Cross-field checks (every tier a rule, default,
+baseline, fallback or burst target names must exist; prices must match the tier kind) live here so that a
+bad file is rejected with a message a person can act on, before it replaces a good one.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+AUTO_MODEL = "auto"
+"""The `model` value that asks the router to choose the tier by rules."""
+
+TierName = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+
+class TierKind(StrEnum):
+    LOCAL = "local"
+    """Self-hosted in the cluster (an InferenceTier): private traffic may go here."""
+    EXTERNAL = "external"
+    """A third-party API: private traffic never goes here, not even as a fallback."""
+
+
+class Pricing(_Model):
+    """How a tier's tokens are priced. External tiers: per million tokens. Local tiers: from GPU time."""
+
+    input_per_m_tok: float | None = Field(None, ge=0, description="USD per million input tokens (external).")
+    output_per_m_tok: float | None = Field(
+        None, ge=0, description="USD per million output tokens (external)."
+    )
+    gpu_hour_usd: float | None = Field(
+        None, ge=0, alias="gpuHourUSD", description="USD per GPU-hour (local)."
+    )
+    gpus_per_replica: float = Field(1.0, gt=0, description="GPUs one replica holds (local).")
+    tokens_per_second: float | None = Field(
+        None, gt=0, description="Measured tokens (input + output) one replica serves per second (local)."
+    )
+
+
+class Tier(_Model):
+    """One place requests can be sent: an OpenAI-compatible base URL."""
+
+    name: TierName = Field(description="The name clients use as `model`; also the metrics label.")
+    kind: TierKind = Field(TierKind.LOCAL, description="`local` (self-hosted) or `external`.")
+    base_url: str = Field(
+        alias="baseURL", pattern=r"^https?://", description="OpenAI-compatible base URL, ending in /v1."
+    )
+    model: str | None = Field(None, description="Model name sent upstream; defaults to the tier name.")
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the upstream API key (sent as a Bearer token)."
+    )
+    pricing: Pricing = Field(default_factory=Pricing)
+    concurrency: int | None = Field(
+        None, ge=1, description="Concurrency budget: requests in flight beyond it overflow when bursting."
+    )
+    burst: bool = Field(
+        False, description="Burst active (from RoutingPolicy status): overflow to burstTarget."
+    )
+    burst_target: str | None = Field(None, description="Tier that takes the overflow while `burst` is on.")
+    fallback: list[str] = Field(
+        default_factory=list, description="Tiers to try, in order, when this one fails before the first byte."
+    )
+
+    @property
+    def upstream_model(self) -> str:
+        return self.model or self.name
+
+
+class Match(_Model):
+    """Conditions of a rule; all given conditions must hold. An empty match matches everything."""
+
+    task_types: list[str] = Field(
+        default_factory=list, description="Task types (x-tiered-task header or metadata.task)."
+    )
+    min_prompt_tokens: int | None = Field(None, ge=0, description="Estimated prompt tokens at least this.")
+    max_prompt_tokens: int | None = Field(None, ge=0, description="Estimated prompt tokens at most this.")
+    keywords: list[str] = Field(
+        default_factory=list, description="Any of these words in the prompt (case-insensitive)."
+    )
+    regex: str | None = Field(None, description="Python regular expression searched in the prompt.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Match:
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as error:
+                raise ValueError(f"regex {self.regex!r} does not compile: {error}") from None
+        if (
+            self.min_prompt_tokens is not None
+            and self.max_prompt_tokens is not None
+            and self.min_prompt_tokens > self.max_prompt_tokens
+        ):
+            raise ValueError("minPromptTokens is greater than maxPromptTokens")
+        return self
+
+
+class Rule(_Model):
+    """`model: auto` requests go to `tier` when `match` holds; rules are tried in order."""
+
+    name: str | None = Field(
+        None, description="Shown in x-tiered-reason as `rule:<name>`; default `rule-<i>`."
+    )
+    match: Match = Field(default_factory=Match)
+    tier: str
+
+
+class Privacy(_Model):
+    """Which requests are private. Private requests are only ever sent to local tiers."""
+
+    private_teams: list[str] = Field(default_factory=list, description="Every request from these teams.")
+    private_header: str = Field(
+        "x-tiered-private", description="A request with this header set to 1/true/yes is private."
+    )
+    local_tier: str | None = Field(
+        None,
+        description="Local tier for private requests whose chosen tier is external; default: "
+        "the default tier if local, else the first local tier.",
+    )
+    queue_limit: int = Field(64, ge=0, description="Private requests waiting for a local slot, per tier.")
+    queue_timeout_seconds: float = Field(10.0, gt=0, description="How long one may wait before a 503.")
+
+
+class Timeouts(_Model):
+    connect_seconds: float = Field(2.0, gt=0, description="TCP connect to an upstream.")
+    read_seconds: float = Field(120.0, gt=0, description="Longest silence while reading an upstream reply.")
+    pool_seconds: float = Field(5.0, gt=0, description="Waiting for a free pooled connection.")
+
+
+class Breaker(_Model):
+    failure_threshold: int = Field(5, ge=1, description="Consecutive failures that open a tier's breaker.")
+    cooldown_seconds: float = Field(10.0, gt=0, description="How long it stays open before a trial.")
+
+
+class RouterConfig(_Model):
+    """Everything the router needs; one file, swapped atomically on reload."""
+
+    tiers: list[Tier] = Field(min_length=1)
+    default: str = Field(description="Tier for `model: auto` requests no rule matches.")
+    baseline: str | None = Field(
+        None, description="Tier whose prices measure savings (what this traffic would have cost there)."
+    )
+    rules: list[Rule] = Field(default_factory=list)
+    privacy: Privacy = Field(default_factory=Privacy)
+    api_keys_file: str | None = Field(
+        None, description="YAML file of API keys mapped to teams; none means open (logged loudly)."
+    )
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies get 413.")
+    retries: int = Field(1, ge=0, le=2, description="Extra upstream attempts (along the fallback chain).")
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    breaker: Breaker = Field(default_factory=Breaker)
+    max_connections: int = Field(256, ge=1, description="Upstream connection pool size (read at start).")
+
+    @model_validator(mode="after")
+    def _check_references(self) -> RouterConfig:
+        names = [t.name for t in self.tiers]
+        problems = []
+        if len(set(names)) != len(names):
+            problems.append(f"tier names must be unique, got {names}")
+        if AUTO_MODEL in names:
+            problems.append(f"{AUTO_MODEL!r} is reserved and cannot name a tier")
+        known = set(names)
+
+        def need(ref: str | None, where: str) -> None:
+            if ref is not None and ref not in known:
+                problems.append(f"{where} names unknown tier {ref!r} (tiers: {', '.join(names)})")
+
+        need(self.default, "default")
+        need(self.baseline, "baseline")
+        need(self.privacy.local_tier, "privacy.localTier")
+        for i, rule in enumerate(self.rules):
+            need(rule.tier, f"rules[{i}].tier")
+        for tier in self.tiers:
+            need(tier.burst_target, f"tiers[{tier.name}].burstTarget")
+            for ref in tier.fallback:
+                need(ref, f"tiers[{tier.name}].fallback")
+            if tier.burst and tier.burst_target is None:
+                problems.append(f"tiers[{tier.name}]: burst is on but burstTarget is not set")
+            if tier.burst_target == tier.name:
+                problems.append(f"tiers[{tier.name}]: burstTarget cannot be the tier itself")
+            problems.extend(_pricing_problems(tier))
+        if self.privacy.local_tier and self.tier(self.privacy.local_tier).kind is not TierKind.LOCAL:
+            problems.append(f"privacy.localTier {self.privacy.local_tier!r} must be a local tier")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def tier(self, name: str) -> Tier:
+        for tier in self.tiers:
+            if tier.name == name:
+                return tier
+        raise KeyError(name)
+
+
+def _pricing_problems(tier: Tier) -> list[str]:
+    p = tier.pricing
+    if tier.kind is TierKind.EXTERNAL and (p.input_per_m_tok is None or p.output_per_m_tok is None):
+        return [f"tiers[{tier.name}]: an external tier needs pricing.inputPerMTok and outputPerMTok"]
+    if tier.kind is TierKind.LOCAL and (p.gpu_hour_usd is None or p.tokens_per_second is None):
+        return [f"tiers[{tier.name}]: a local tier needs pricing.gpuHourUSD and tokensPerSecond"]
+    return []
+
+
+def load_config(path: str | Path) -> RouterConfig:
+    """Read and validate a YAML (or JSON) config file; raises ValueError with the reason."""
+    try:
+        data: Any = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return RouterConfig.model_validate(data)

@@ -1,0 +1,146 @@
+"""Tokens and money, as pure functions: per-tier prices, usage parsing, and a running cost ledger.
+
+- External tiers: USD per million input and output tokens.
+- Local (self-hosted) tiers: a replica costs `gpuHourUSD * gpusPerReplica` per hour and serves
+  `tokensPerSecond` tokens, so every token (input or output) costs
+  `gpuHourUSD * gpusPerReplica / (3600 * tokensPerSecond)`.
+- Baseline: the same tokens priced at the baseline tier, i.e. what this traffic would have cost there.
+
+Usage comes from the upstream's `usage` object (the last SSE event carrying one, for streams). When it is
+absent the router estimates (prompt characters / 4; one token per streamed event or a quarter of the
+completion's characters) and marks the record as estimated.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from tiered_router.config import Tier, TierKind
+
+_decoder = json.JSONDecoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    input_per_token: float
+    output_per_token: float
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return input_tokens * self.input_per_token + output_tokens * self.output_per_token
+
+
+def tier_price(tier: Tier) -> Price:
+    p = tier.pricing
+    if tier.kind is TierKind.EXTERNAL:
+        return Price((p.input_per_m_tok or 0.0) / 1e6, (p.output_per_m_tok or 0.0) / 1e6)
+    per_token = (p.gpu_hour_usd or 0.0) * p.gpus_per_replica / (3600.0 * (p.tokens_per_second or 1.0))
+    return Price(per_token, per_token)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+    estimated: bool = False
+
+
+def usage_from_json(body: bytes) -> Usage | None:
+    """The `usage` of a completion response body, or None. Decodes only the usage object, not the body."""
+    at = body.rfind(b'"usage"')
+    while at > 0 and body[at - 1 : at] == b"\\":  # an escaped quote: text inside a string, look further left
+        at = body.rfind(b'"usage"', 0, at)
+    if at < 0:
+        return None
+    text = body[at + 7 :].decode("utf-8", "replace").lstrip()
+    if not text.startswith(":"):
+        return None
+    try:
+        value, _ = _decoder.raw_decode(text[1:].lstrip())
+    except ValueError:
+        return None
+    return _usage(value)
+
+
+def usage_from_sse(tail: bytes) -> Usage | None:
+    """The last `usage` object in the final bytes of an SSE stream (each event is `data: {json}`)."""
+    for event in reversed(tail.split(b"\n\n")):
+        data = event.strip()
+        if not data.startswith(b"data:") or b'"usage"' not in data:
+            continue
+        try:
+            value = json.loads(data[5:])
+        except ValueError:
+            continue
+        usage = _usage(value.get("usage")) if isinstance(value, dict) else None
+        if usage is not None:
+            return usage
+    return None
+
+
+def _usage(value: Any) -> Usage | None:
+    if not isinstance(value, dict):
+        return None
+    prompt, completion = value.get("prompt_tokens"), value.get("completion_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return Usage(prompt, completion)
+
+
+@dataclass(slots=True)
+class LedgerLine:
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    baseline_cost_usd: float = 0.0
+    estimated: int = 0
+
+
+class CostLedger:
+    """Running totals by (tier, team, feature) since start; served as JSON at /v1/tiered/costs."""
+
+    def __init__(self) -> None:
+        self.lines: dict[tuple[str, str, str], LedgerLine] = {}
+
+    def add(self, key: tuple[str, str, str], usage: Usage, cost: float, baseline: float) -> None:
+        line = self.lines.get(key)
+        if line is None:
+            line = self.lines[key] = LedgerLine()
+        line.requests += 1
+        line.input_tokens += usage.input_tokens
+        line.output_tokens += usage.output_tokens
+        line.cost_usd += cost
+        line.baseline_cost_usd += baseline
+        line.estimated += usage.estimated
+
+    def summary(self, baseline_tier: str | None) -> dict[str, Any]:
+        rows = [
+            {
+                "tier": tier,
+                "team": team,
+                "feature": feature,
+                "requests": v.requests,
+                "input_tokens": v.input_tokens,
+                "output_tokens": v.output_tokens,
+                "cost_usd": v.cost_usd,
+                "baseline_cost_usd": v.baseline_cost_usd,
+                "savings_usd": v.baseline_cost_usd - v.cost_usd,
+                "estimated_requests": v.estimated,
+            }
+            for (tier, team, feature), v in sorted(self.lines.items())
+        ]
+        totals = {
+            k: sum(r[k] for r in rows)
+            for k in (
+                "requests",
+                "input_tokens",
+                "output_tokens",
+                "cost_usd",
+                "baseline_cost_usd",
+                "savings_usd",
+                "estimated_requests",
+            )
+        }
+        return {"baseline_tier": baseline_tier, "totals": totals, "by_tier_team_feature": rows}

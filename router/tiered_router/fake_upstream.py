@@ -1,0 +1,232 @@
+"""A small, real OpenAI-compatible server used as a test and benchmark double. Not for production.
+
+It answers `/v1/chat/completions` and `/v1/completions` (JSON or SSE, with `usage` and optional
+`logprobs`) and `/v1/models`. A control API under `/_fake/` tells it how to misbehave, so tests can drive
+the router through failures without timing tricks:
+
+- `POST /_fake/mode` `{"mode": "ok"|"fail"|"429"|"stall"|"hold", "status": 500, "times": N,
+  "usage": {"prompt_tokens": P, "completion_tokens": C} | null, "omit_usage": false, "chunks": 3}`
+  `fail` answers `status` (default 500), `429` answers 429, `stall` never answers (until the client gives
+  up), `hold` streams the first chunk and then waits for `POST /_fake/release`. `times` limits how many
+  requests the mode applies to before falling back to `ok` (omit for "until changed").
+- `GET /_fake/stats` → `{"requests": N, "bodies": [... last 50 request bodies ...]}`;
+  `POST /_fake/reset` clears counters and mode.
+
+Run: `python -m tiered_router.fake_upstream [--host 127.0.0.1] [--port 0] [--name NAME]`; it prints
+`listening on http://HOST:PORT` once ready (port 0 picks a free port).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sys
+import time
+from collections import deque
+from typing import Any
+
+from aiohttp import web
+
+REPLY_WORDS = ["The", "answer", "is", "forty", "two", "."]
+
+
+class FakeState:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.reset()
+
+    def reset(self) -> None:
+        self.mode = "ok"
+        self.status = 500
+        self.times: int | None = None
+        self.usage: dict[str, int] | None = None
+        self.omit_usage = False
+        self.chunks = len(REPLY_WORDS)
+        self.requests = 0
+        self.bodies: deque[Any] = deque(maxlen=50)
+        self.release = asyncio.Event()
+
+    def take_mode(self) -> str:
+        """The mode for this request; counts down `times` so a failure can be limited to N requests."""
+        if self.mode == "ok" or self.times is None:
+            return self.mode
+        if self.times <= 0:
+            return "ok"
+        self.times -= 1
+        return self.mode
+
+
+def _prompt_words(body: dict[str, Any]) -> int:
+    if "messages" in body:
+        text = " ".join(str(m.get("content") or "") for m in body["messages"] if isinstance(m, dict))
+    else:
+        text = str(body.get("prompt") or "")
+    return len(text.split())
+
+
+def _usage(state: FakeState, body: dict[str, Any], completion_tokens: int) -> dict[str, int]:
+    usage = state.usage or {"prompt_tokens": _prompt_words(body), "completion_tokens": completion_tokens}
+    return {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
+
+
+def _logprobs(words: list[str]) -> dict[str, Any]:
+    return {
+        "content": [
+            {"token": w, "logprob": -0.05, "bytes": list(w.encode()), "top_logprobs": []} for w in words
+        ]
+    }
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    state: FakeState = request.app["state"]
+    state.requests += 1
+    try:
+        body = json.loads(await request.read())
+    except ValueError:
+        return web.json_response(
+            {"error": {"message": "bad json", "type": "invalid_request_error"}}, status=400
+        )
+    state.bodies.append(body)
+    mode = state.take_mode()
+    if mode == "fail":
+        return web.json_response(
+            {"error": {"message": "fake failure", "type": "server_error"}}, status=state.status
+        )
+    if mode == "429":
+        return web.json_response({"error": {"message": "slow down", "type": "rate_limit"}}, status=429)
+    if mode == "stall":
+        await asyncio.sleep(3600)
+    chat = request.path.endswith("/chat/completions")
+    words = REPLY_WORDS[: state.chunks]
+    model = body.get("model", state.name)
+    created = int(time.time())
+    want_logprobs = bool(body.get("logprobs"))
+    if not body.get("stream"):
+        usage = None if state.omit_usage else _usage(state, body, len(words))
+        text = " ".join(words)
+        if chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": text},
+                "logprobs": _logprobs(words) if want_logprobs else None,
+            }
+        else:
+            choice = {"index": 0, "finish_reason": "stop", "text": text, "logprobs": None}
+        payload = {
+            "id": "fake-1",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [choice],
+        }
+        if usage is not None:
+            payload["usage"] = usage
+        return web.json_response(payload, headers={"x-fake-upstream": state.name})
+
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "x-fake-upstream": state.name}
+    )
+    await response.prepare(request)
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    for i, word in enumerate(words):
+        delta = word if i == 0 else " " + word
+        if chat:
+            choice = {
+                "index": 0,
+                "delta": {"content": delta},
+                "finish_reason": None,
+                "logprobs": _logprobs([word]) if want_logprobs else None,
+            }
+        else:
+            choice = {"index": 0, "text": delta, "finish_reason": None, "logprobs": None}
+        chunk = {"id": "fake-1", "object": kind, "created": created, "model": model, "choices": [choice]}
+        await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        if i == 0 and mode == "hold":
+            await state.release.wait()
+    options = body.get("stream_options") or {}
+    if options.get("include_usage") and not state.omit_usage:
+        chunk = {
+            "id": "fake-1",
+            "object": kind,
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": _usage(state, body, len(words)),
+        }
+        await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+async def models(request: web.Request) -> web.Response:
+    name = request.app["state"].name
+    return web.json_response(
+        {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "fake"}]}
+    )
+
+
+async def set_mode(request: web.Request) -> web.Response:
+    state: FakeState = request.app["state"]
+    spec = await request.json()
+    state.mode = spec.get("mode", "ok")
+    state.status = int(spec.get("status", 500))
+    state.times = spec.get("times")
+    state.usage = spec.get("usage")
+    state.omit_usage = bool(spec.get("omit_usage", False))
+    state.chunks = int(spec.get("chunks", len(REPLY_WORDS)))
+    state.release = asyncio.Event()
+    return web.json_response({"ok": True})
+
+
+async def release(request: web.Request) -> web.Response:
+    request.app["state"].release.set()
+    return web.json_response({"ok": True})
+
+
+async def stats(request: web.Request) -> web.Response:
+    state: FakeState = request.app["state"]
+    return web.json_response({"requests": state.requests, "bodies": list(state.bodies)})
+
+
+async def reset(request: web.Request) -> web.Response:
+    request.app["state"].reset()
+    return web.json_response({"ok": True})
+
+
+def build_app(name: str = "fake") -> web.Application:
+    app = web.Application()
+    app["state"] = FakeState(name)
+    app.router.add_post("/v1/chat/completions", completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/_fake/mode", set_mode)
+    app.router.add_post("/_fake/release", release)
+    app.router.add_get("/_fake/stats", stats)
+    app.router.add_post("/_fake/reset", reset)
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--name", default="fake")
+    args = parser.parse_args(argv)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    host, port = sock.getsockname()[:2]
+
+    def announce(*_: Any) -> None:
+        print(f"listening on http://{host}:{port}", flush=True)
+
+    web.run_app(build_app(args.name), sock=sock, print=announce, access_log=None, handle_signals=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""The router's OpenAPI 3.1 document, served at `/openapi.json` and fuzzed by schemathesis in the tests.
+
+It documents exactly what the router checks (the fields routing reads) and leaves the rest of an OpenAI
+request open (`additionalProperties`), because the upstream validates it. `model` is an enum of the
+configured tiers plus `auto`, so the document follows config reloads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tiered_router.config import AUTO_MODEL, RouterConfig
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+}
+_ROUTING_HEADERS = {
+    "x-tiered-tier": {"description": "The tier that served the request.", "schema": {"type": "string"}},
+    "x-tiered-reason": {
+        "description": "Why: explicit, rule:<name>, default, private, burst.",
+        "schema": {"type": "string"},
+    },
+}
+
+
+def _error(description: str, retry: bool = False) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": _ERROR}},
+    }
+    if retry:
+        response["headers"] = _RETRY_AFTER
+    return response
+
+
+def _completion_operation(summary: str, request_schema: str) -> dict[str, Any]:
+    headers = [
+        {"name": name, "in": "header", "required": False, "description": text, "schema": {"type": "string"}}
+        for name, text in (
+            ("x-tiered-team", "Team for attribution (ignored when the API key names a team)."),
+            ("x-tiered-feature", "Feature for attribution."),
+            ("x-tiered-task", "Task type for `model: auto` rules."),
+            ("x-tiered-private", "1/true/yes: never send to an external tier."),
+        )
+    ]
+    return {
+        "summary": summary,
+        "parameters": headers,
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{request_schema}"}}},
+        },
+        "responses": {
+            "200": {
+                "description": "The upstream's completion (JSON), or its SSE stream when `stream` is true.",
+                "headers": _ROUTING_HEADERS,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Completion"}},
+                    "text/event-stream": {"schema": {"type": "string"}},
+                },
+            },
+            "400": _error("Malformed JSON or a field routing needs has the wrong shape."),
+            "401": _error("Missing or invalid API key."),
+            "404": _error("Unknown model."),
+            "413": _error("Body over the configured limit."),
+            "502": _error("Every attempt failed upstream.", retry=True),
+            "503": _error("No tier available (breakers open, rate limited, private queue full).", retry=True),
+            "default": _error("An upstream error passed through unchanged (e.g. 422 for a bad parameter)."),
+        },
+    }
+
+
+def openapi_document(config: RouterConfig) -> dict[str, Any]:
+    models = [t.name for t in config.tiers] + [AUTO_MODEL]
+    metadata = {
+        "type": "object",
+        "additionalProperties": {"type": "string"},
+        "description": "OpenAI metadata; `task`, `team`, `feature` are read for routing and attribution.",
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "tiered router",
+            "version": "0.1.0",
+            "description": "OpenAI-compatible router over tiers of self-hosted and external models.",
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["message", "type"],
+                            "properties": {
+                                "message": {"type": "string"},
+                                "type": {"type": "string"},
+                                "param": {"type": ["string", "null"]},
+                                "code": {"type": ["string", "null"]},
+                            },
+                        }
+                    },
+                },
+                "ChatRequest": {
+                    "type": "object",
+                    "required": ["model", "messages"],
+                    "properties": {
+                        "model": {"type": "string", "enum": models},
+                        "messages": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+                        "stream": {"type": "boolean"},
+                        "metadata": metadata,
+                    },
+                },
+                "CompletionRequest": {
+                    "type": "object",
+                    "required": ["model", "prompt"],
+                    "properties": {
+                        "model": {"type": "string", "enum": models},
+                        "prompt": {
+                            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]
+                        },
+                        "stream": {"type": "boolean"},
+                        "metadata": metadata,
+                    },
+                },
+                "Completion": {
+                    "type": "object",
+                    "required": ["choices"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "model": {"type": "string"},
+                        "choices": {"type": "array", "items": {"type": "object"}},
+                        "usage": {"type": "object"},
+                    },
+                },
+                "ModelList": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {
+                        "data": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["id"],
+                                "properties": {"id": {"type": "string"}},
+                            },
+                        }
+                    },
+                },
+            },
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/chat/completions": {"post": _completion_operation("Chat completion", "ChatRequest")},
+            "/v1/completions": {"post": _completion_operation("Text completion", "CompletionRequest")},
+            "/v1/models": {
+                "get": {
+                    "summary": "The tiers, plus `auto`.",
+                    "responses": {
+                        "200": {
+                            "description": "Models.",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/ModelList"}}
+                            },
+                        },
+                        "401": _error("Missing or invalid API key."),
+                    },
+                }
+            },
+            "/v1/tiered/costs": {
+                "get": {
+                    "summary": "Cost summary since start, by tier, team and feature.",
+                    "responses": {
+                        "200": {
+                            "description": "Totals and rows.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["totals", "by_tier_team_feature"],
+                                    }
+                                }
+                            },
+                        },
+                        "401": _error("Missing or invalid API key."),
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness.",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "Alive.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness: 503 when every tier's breaker is open.",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "Ready.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        "503": {
+                            "description": "Not ready.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics.",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "Text exposition format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+        },
+    }

@@ -1,0 +1,135 @@
+"""Which tier serves a request: `choose_tier(features, config, live) -> Decision`, a pure function.
+
+It never sees an HTTP request: the server extracts `RequestFeatures` (only what routing needs) and a
+`LiveState` snapshot (tiers in flight, open breakers, the clock) and applies the decision. Order:
+
+1. `model` names a tier → that tier (`explicit`); `model: auto` → the first matching rule (`rule:<name>`),
+   else the default tier (`default`); anything else → no tier (`unknown-model`, a 404).
+2. Private requests whose tier is external go to the private local tier instead (`private`).
+3. A local tier over its concurrency budget with its burst flag on sends the request to its burst target
+   (`burst`), except private requests, which queue for a local slot (`queue=True`).
+4. The attempt chain is the tier then its fallbacks, without tiers whose breaker is open and, for private
+   requests, without external tiers. An empty chain means `unavailable` (a 503 with Retry-After).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from tiered_router.config import AUTO_MODEL, Match, RouterConfig, TierKind
+
+UNKNOWN_MODEL = "unknown-model"
+UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFeatures:
+    """What routing may know about a request."""
+
+    model: str
+    prompt_tokens: int = 0
+    task: str | None = None
+    text: str = ""
+    """The prompt text; searched by keyword and regex rules."""
+    private: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LiveState:
+    """Control data the router keeps apart from the request path; read-only here."""
+
+    in_flight: Mapping[str, int] = field(default_factory=dict)
+    open_until: Mapping[str, float] = field(default_factory=dict)
+    """Tier → monotonic time its breaker closes; a tier is skipped while `now` is before it."""
+    now: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    tier: str | None
+    """The first tier to try; None when no tier can take the request (see `reason`)."""
+    reason: str
+    chain: tuple[str, ...] = ()
+    """Tiers to try in order (`tier` first)."""
+    queue: bool = False
+    """Private overflow: wait for a slot on `tier` instead of going over its budget."""
+    retry_after: int = 0
+    """Seconds until a breaker may close, when `reason` is `unavailable`."""
+
+
+def choose_tier(features: RequestFeatures, config: RouterConfig, live: LiveState) -> Decision:
+    tiers = {t.name: t for t in config.tiers}
+    if features.model == AUTO_MODEL:
+        name, reason = _by_rules(features, config)
+    elif features.model in tiers:
+        name, reason = features.model, "explicit"
+    else:
+        return Decision(None, UNKNOWN_MODEL)
+
+    if features.private and tiers[name].kind is TierKind.EXTERNAL:
+        local = private_local_tier(config)
+        if local is None:
+            return Decision(None, UNAVAILABLE)
+        name, reason = local, "private"
+
+    tier = tiers[name]
+    queue = False
+    over_budget = tier.concurrency is not None and live.in_flight.get(name, 0) >= tier.concurrency
+    if over_budget and tier.burst and tier.burst_target is not None:
+        if features.private and tiers[tier.burst_target].kind is TierKind.EXTERNAL:
+            queue = True
+        else:
+            name, reason = tier.burst_target, "burst"
+
+    chain = []
+    for candidate in (name, *tiers[name].fallback):
+        if candidate in chain or (features.private and tiers[candidate].kind is TierKind.EXTERNAL):
+            continue
+        if live.open_until.get(candidate, 0.0) > live.now:
+            continue
+        chain.append(candidate)
+    if not chain:
+        waits = [live.open_until[t] - live.now for t in (name, *tiers[name].fallback) if t in live.open_until]
+        return Decision(None, UNAVAILABLE, retry_after=max(1, math.ceil(min(waits, default=1.0))))
+    return Decision(chain[0], reason, tuple(chain), queue=queue and chain[0] == name)
+
+
+def private_local_tier(config: RouterConfig) -> str | None:
+    """Where private requests go when their chosen tier is external."""
+    if config.privacy.local_tier:
+        return config.privacy.local_tier
+    if config.tier(config.default).kind is TierKind.LOCAL:
+        return config.default
+    return next((t.name for t in config.tiers if t.kind is TierKind.LOCAL), None)
+
+
+def _by_rules(features: RequestFeatures, config: RouterConfig) -> tuple[str, str]:
+    lowered: str | None = None
+    for i, rule in enumerate(config.rules):
+        match = rule.match
+        if match.keywords and lowered is None:
+            lowered = features.text.lower()
+        if _matches(match, features, lowered or ""):
+            return rule.tier, f"rule:{rule.name or f'rule-{i}'}"
+    return config.default, "default"
+
+
+def _matches(match: Match, features: RequestFeatures, lowered: str) -> bool:
+    if match.task_types and features.task not in match.task_types:
+        return False
+    if match.min_prompt_tokens is not None and features.prompt_tokens < match.min_prompt_tokens:
+        return False
+    if match.max_prompt_tokens is not None and features.prompt_tokens > match.max_prompt_tokens:
+        return False
+    if match.keywords and not any(k.lower() in lowered for k in match.keywords):
+        return False
+    # re keeps compiled patterns in its own cache, so searching by pattern string costs a dict lookup.
+    return match.regex is None or re.search(match.regex, features.text) is not None
+
+
+def estimate_tokens(chars: int) -> int:
+    """A rough token count from characters (about 4 characters per token for English text)."""
+    return (chars + 3) // 4
