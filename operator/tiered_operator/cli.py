@@ -14,6 +14,7 @@ from collections.abc import Sequence
 # subcommand → ("module:function", help). Each function takes the parsed argparse.Namespace and returns
 # an exit code; its module also exposes `add_arguments(parser)`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "router": ("tiered_router.server:router", "Serve the OpenAI-compatible router"),
     "render": ("tiered_operator.commands:render", "Print what the operator would create for the objects in FILE"),
     "plan": ("tiered_operator.commands:plan", "Print the capacity plan of the InferenceTiers in FILE"),
     "cluster": ("tiered_operator.emulator:cluster", "Start a local Kubernetes API emulator"),
