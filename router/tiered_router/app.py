@@ -387,7 +387,7 @@ class Handlers:
                 )
             try:
                 data = await response.aread()
-            except (forward.httpx.TransportError, OSError) as error:
+            except forward.UPSTREAM_ERRORS as error:
                 return self._reject(
                     502,
                     f"upstream {tier_name!r} failed mid-response: {error!r}",
@@ -449,7 +449,7 @@ class Handlers:
                     break
                 events += chunk.count(b"data:")
                 tail = (tail + chunk)[-SSE_TAIL_BYTES:]
-        except (forward.httpx.TransportError, OSError) as error:
+        except forward.UPSTREAM_ERRORS as error:
             # Too late to retry: tell the client in the stream (the openai SDK raises on an error event).
             status = "502"
             message = {

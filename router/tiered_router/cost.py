@@ -97,6 +97,17 @@ class LedgerLine:
     baseline_cost_usd: float = 0.0
     estimated: int = 0
 
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost_usd": self.cost_usd,
+            "baseline_cost_usd": self.baseline_cost_usd,
+            "savings_usd": self.baseline_cost_usd - self.cost_usd,
+            "estimated_requests": self.estimated,
+        }
+
 
 class CostLedger:
     """Running totals by (tier, team, feature) since start; served as JSON at /v1/tiered/costs."""
@@ -116,31 +127,14 @@ class CostLedger:
         line.estimated += usage.estimated
 
     def summary(self, baseline_tier: str | None) -> dict[str, Any]:
-        rows = [
-            {
-                "tier": tier,
-                "team": team,
-                "feature": feature,
-                "requests": v.requests,
-                "input_tokens": v.input_tokens,
-                "output_tokens": v.output_tokens,
-                "cost_usd": v.cost_usd,
-                "baseline_cost_usd": v.baseline_cost_usd,
-                "savings_usd": v.baseline_cost_usd - v.cost_usd,
-                "estimated_requests": v.estimated,
-            }
-            for (tier, team, feature), v in sorted(self.lines.items())
-        ]
-        totals = {
-            k: sum(r[k] for r in rows)
-            for k in (
-                "requests",
-                "input_tokens",
-                "output_tokens",
-                "cost_usd",
-                "baseline_cost_usd",
-                "savings_usd",
-                "estimated_requests",
-            )
-        }
-        return {"baseline_tier": baseline_tier, "totals": totals, "by_tier_team_feature": rows}
+        total = LedgerLine()
+        rows = []
+        for (tier, team, feature), line in sorted(self.lines.items()):
+            rows.append({"tier": tier, "team": team, "feature": feature, **line.as_dict()})
+            total.requests += line.requests
+            total.input_tokens += line.input_tokens
+            total.output_tokens += line.output_tokens
+            total.cost_usd += line.cost_usd
+            total.baseline_cost_usd += line.baseline_cost_usd
+            total.estimated += line.estimated
+        return {"baseline_tier": baseline_tier, "totals": total.as_dict(), "by_tier_team_feature": rows}

@@ -33,6 +33,9 @@ from tiered_router.breaker import Breakers
 from tiered_router.config import RouterConfig
 from tiered_router.metrics import RouterMetrics
 
+UPSTREAM_ERRORS = (httpx.TransportError, OSError)
+"""What a failed send or read raises (the aiohttp transport maps its errors to httpx's)."""
+
 
 def make_transport(max_connections: int) -> httpx.AsyncBaseTransport:
     """The shared upstream connection pool. Timeouts are set per request (they can change on reload)."""
@@ -150,7 +153,7 @@ class Upstream:
             started = time.perf_counter()
             try:
                 response = await self.transport.handle_async_request(request)
-            except (httpx.TransportError, OSError) as error:
+            except UPSTREAM_ERRORS as error:
                 self.flight.leave(tier)
                 last = "timeout" if isinstance(error, httpx.TimeoutException) else "connect"
                 self.breakers.failure(
