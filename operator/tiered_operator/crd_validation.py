@@ -55,6 +55,7 @@ _BODY = {
     "FieldValueTooMany": "Too many",
 }
 _NO_VALUE = {"FieldValueRequired", "FieldValueForbidden", "FieldValueTooLong"}
+# schema errors after which the apiserver does not run CEL rules
 _BLOCKING = {
     "FieldValueTypeInvalid",
     "FieldValueNotSupported",
@@ -62,7 +63,10 @@ _BLOCKING = {
     "FieldValueTooLong",
     "FieldValueTooMany",
 }
-_NOT_CHECKED = "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation"  # noqa: E501
+_NOT_CHECKED = (
+    "some validation rules were not checked because the object was invalid; "
+    "correct the existing errors to complete validation"
+)
 
 
 @dataclass(frozen=True)
@@ -104,8 +108,8 @@ def field_errors(
 ) -> list[FieldError]:
     """Like ``validate_object`` but structured, for building a 422 Status with ``details.causes``."""
     schema = _schema(crd, version, obj)
-    new = _normalize(schema, copy.deepcopy(dict(obj)), root=True)
-    old = _MISSING if old_obj is None else _normalize(schema, copy.deepcopy(dict(old_obj)), root=True)
+    new = _decoded(schema, obj)
+    old = _MISSING if old_obj is None else _decoded(schema, old_obj)
     errs: list[FieldError] = []
     _check(schema, new, "", errs)
     if any(e.reason in _BLOCKING for e in errs):
@@ -119,8 +123,7 @@ def apply_defaults(
     crd: Mapping[str, Any], obj: Mapping[str, Any], version: str | None = None
 ) -> dict[str, Any]:
     """A copy of ``obj`` as the apiserver would store it: unknown fields pruned, defaults applied."""
-    out: dict[str, Any] = _normalize(_schema(crd, version, obj), copy.deepcopy(dict(obj)), root=True)
-    return out
+    return _decoded(_schema(crd, version, obj), obj)
 
 
 def compile_rules(crd: Mapping[str, Any]) -> None:
@@ -131,8 +134,11 @@ def compile_rules(crd: Mapping[str, Any]) -> None:
             for i, rule in enumerate(node.get("x-kubernetes-validations", ())):
                 where = f"{path}.x-kubernetes-validations[{i}]"
                 for key in ("rule", "messageExpression"):
-                    if key in rule:
-                        _compiled(rule[key], where=f"{where}.{key}")
+                    try:
+                        if key in rule:
+                            _compiled(rule[key])
+                    except ValueError as exc:
+                        raise ValueError(f"{where}.{key}: {exc}") from None
                 if rule.get("reason", "FieldValueInvalid") not in _RULE_REASONS:
                     raise ValueError(f"{where}.reason: unsupported reason {rule['reason']!r}")
 
@@ -154,15 +160,27 @@ def _schema(crd: Mapping[str, Any], version: str | None, obj: Mapping[str, Any])
     raise ValueError(f"CRD {crd.get('metadata', {}).get('name')} has no version {version!r}")
 
 
+def _decoded(schema: Schema, obj: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = _normalize(schema, copy.deepcopy(dict(obj)), root=True)
+    return out
+
+
+def _sub(schema: Schema, key: str) -> Schema | None:
+    """The schema of property ``key`` of an object: a declared property, else additionalProperties."""
+    extra = schema.get("additionalProperties")
+    sub: Schema | None = schema.get("properties", {}).get(key, extra if isinstance(extra, Mapping) else None)
+    return sub
+
+
 def _normalize(schema: Schema, value: Any, root: bool = False) -> Any:
     """Prune unknown fields, drop non-nullable nulls, apply defaults, top-down (mutates and returns value)."""
     if isinstance(value, dict):
-        props: Mapping[str, Schema] = schema.get("properties", {})
-        extra = schema.get("additionalProperties")
-        keep_unknown = schema.get("x-kubernetes-preserve-unknown-fields") or extra is True
+        keep_unknown = (
+            schema.get("x-kubernetes-preserve-unknown-fields") or schema.get("additionalProperties") is True
+        )
         keep_meta = root or schema.get("x-kubernetes-embedded-resource")
         for key in list(value):
-            sub = props.get(key, extra if isinstance(extra, Mapping) else None)
+            sub = _sub(schema, key)
             if keep_meta and key in _ROOT_KEEP:
                 continue
             if sub is None:
@@ -172,7 +190,7 @@ def _normalize(schema: Schema, value: Any, root: bool = False) -> Any:
                 del value[key]
             else:
                 value[key] = _normalize(sub, value[key])
-        for key, sub in props.items():
+        for key, sub in schema.get("properties", {}).items():
             if key not in value and "default" in sub:
                 value[key] = _normalize(sub, copy.deepcopy(sub["default"]))
     elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
@@ -282,13 +300,11 @@ def _check(schema: Schema, value: Any, path: str, errs: list[FieldError]) -> Non
         for key in schema.get("required", ()):
             if key not in value:
                 errs.append(FieldError("FieldValueRequired", _child(path, key)))
-        props: Mapping[str, Schema] = schema.get("properties", {})
-        extra = schema.get("additionalProperties")
         for key, sub_value in value.items():
-            sub = props.get(key, extra if isinstance(extra, Mapping) else None)
+            sub = _sub(schema, key)
             if sub is not None:
                 _check(sub, sub_value, _child(path, key), errs)
-        if "minProperties" in schema and len(value) < schema["minProperties"]:
+        if "minProperties" in schema and len(value) < schema["minProperties"]:  # the bound is the "value"
             invalid(schema["minProperties"], f"should have at least {schema['minProperties']} properties")
         if "maxProperties" in schema and len(value) > schema["maxProperties"]:
             errs.append(_too_many(path, len(value), schema["maxProperties"]))
@@ -346,15 +362,14 @@ _BUILTINS = {
 
 
 @lru_cache(maxsize=1024)
-def _compiled(expression: str, where: str = "") -> cel.Program:
-    where = where or "CEL rule"
+def _compiled(expression: str) -> cel.Program:
     try:
         program = cel.compile(expression)
     except ValueError as exc:
-        raise ValueError(f"{where}: {expression!r} does not compile: {exc}") from None
+        raise ValueError(f"CEL {expression!r} does not compile: {exc}") from None
     unknown = [f for f in program.functions() if f.isidentifier() and f[0] != "_" and f not in _BUILTINS]
     if unknown:
-        raise ValueError(f"{where}: {expression!r} calls undeclared function(s) {', '.join(unknown)}")
+        raise ValueError(f"CEL {expression!r} calls undeclared function(s) {', '.join(unknown)}")
     return program
 
 
@@ -375,10 +390,7 @@ def _cel_value(schema: Schema, value: Any) -> Any:
     if kind == "integer" and isinstance(value, float):
         return int(value)
     if isinstance(value, dict):
-        props: Mapping[str, Schema] = schema.get("properties", {})
-        extra = schema.get("additionalProperties")
-        fallback: Schema = extra if isinstance(extra, Mapping) else {}
-        return {k: _cel_value(props.get(k, fallback), v) for k, v in value.items()}
+        return {k: _cel_value(_sub(schema, k) or {}, v) for k, v in value.items()}
     if isinstance(value, list):
         items = schema.get("items")
         return [_cel_value(items if isinstance(items, Mapping) else {}, v) for v in value]
@@ -387,14 +399,12 @@ def _cel_value(schema: Schema, value: Any) -> Any:
 
 def _check_rules(schema: Schema, value: Any, old: Any, path: str, errs: list[FieldError]) -> None:
     for rule in schema.get("x-kubernetes-validations", ()):
-        error = _eval_rule(schema, rule, value, old, path or "<nil>")
+        error = _eval_rule(schema, rule, value, old, path)
         if error is not None:
             errs.append(error)
     if isinstance(value, dict):
-        props: Mapping[str, Schema] = schema.get("properties", {})
-        extra = schema.get("additionalProperties")
         for key, sub_value in value.items():
-            sub = props.get(key, extra if isinstance(extra, Mapping) else None)
+            sub = _sub(schema, key)
             if sub is not None:
                 sub_old = old.get(key, _MISSING) if isinstance(old, dict) else _MISSING
                 _check_rules(sub, sub_value, sub_old, _child(path, key), errs)
@@ -436,7 +446,7 @@ def _eval_rule(schema: Schema, rule: Mapping[str, Any], value: Any, old: Any, pa
             )
         else:
             detail = f"{exc} evaluating rule: {what}"
-        return FieldError("FieldValueInvalid", path, type_name, detail)
+        return FieldError("FieldValueInvalid", path or "<nil>", type_name, detail)
     if result is True:
         return None
     message = str(rule.get("message", "")).strip() or f"failed rule: {str(rule['rule']).strip()}"
@@ -449,7 +459,8 @@ def _eval_rule(schema: Schema, rule: Mapping[str, Any], value: Any, old: Any, pa
             message = text.strip()
     if "fieldPath" in rule:  # ".a.b" or ".a['key']", relative to self
         rel = re.sub(r"\['([^']*)'\]", r"[\1]", rule["fieldPath"])
-        path = ((path if path != "<nil>" else "") + rel).lstrip(".")
+        path = (path + rel).lstrip(".")
+    path = path or "<nil>"
     reason = rule.get("reason", "FieldValueInvalid")
     if reason in ("FieldValueForbidden", "FieldValueRequired"):
         return FieldError(reason, path, detail=message)
