@@ -155,7 +155,9 @@ class Upstream:
                 response = await self.transport.handle_async_request(request)
             except UPSTREAM_ERRORS as error:
                 self.flight.leave(tier)
-                last = "timeout" if isinstance(error, httpx.TimeoutException) else "connect"
+                # httpx-aiohttp reports a refused connection as ConnectTimeout: both count as "connect".
+                slow = isinstance(error, httpx.TimeoutException) and not isinstance(error, httpx.ConnectTimeout)
+                last = "timeout" if slow else "connect"
                 self.breakers.failure(
                     tier, time.monotonic(), breaker.failure_threshold, breaker.cooldown_seconds
                 )
