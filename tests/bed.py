@@ -170,3 +170,71 @@ def bench(objects: int = 500, seconds: float = 5.0, concurrency: int = 16) -> di
 if __name__ == "__main__":
     if "--bench" in sys.argv:
         print(bench())
+
+
+@dataclass
+class OperatorProcess:
+    """The real operator (`kopf run`) against an emulator."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def running_operator(emulator: EmulatorProcess, workdir: Path, resync_seconds: float = 1.0,
+                     extra_env: dict[str, str] | None = None, timeout: float = 30) -> Iterator[OperatorProcess]:
+    """`kopf run --standalone -A -m tiered_operator.handlers` until the test ends; waits for its liveness probe."""
+    log = workdir / "operator.log"
+    port = _free_port()
+    env = {**emulator.env, "TIERED_RESYNC_SECONDS": str(resync_seconds), **(extra_env or {})}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("kopf")), "run", "--standalone", "-A", "--log-format=plain",
+             f"--liveness=http://127.0.0.1:{port}/healthz", "-m", "tiered_operator.handlers"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+    operator = OperatorProcess(process, log)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"operator did not start:\n{operator.output()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.1)
+        yield operator
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def eventually(check: Any, timeout: float = 20, interval: float = 0.2, what: str = "condition") -> Any:
+    """Poll `check()` until it returns something truthy (returned) or raise after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except AssertionError as error:
+            last = error
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last result: {last!r}")

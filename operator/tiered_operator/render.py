@@ -244,8 +244,8 @@ def _without_replica_counts(rayservice: dict[str, Any]) -> dict[str, Any]:
     for group in blank["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
         for key in ("replicas", "minReplicas", "maxReplicas"):
             group.pop(key, None)
-    blank["metadata"].get("annotations", {}).pop(SPEC_HASH_ANNOTATION, None)
-    return blank
+    # Only what an update writes counts; ownerReferences carry the owner's uid, not the spec.
+    return {"spec": blank["spec"], "labels": blank["metadata"].get("labels", {})}
 
 
 def spec_hash(rayservice: dict[str, Any]) -> str:
