@@ -47,6 +47,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import random
@@ -122,11 +123,11 @@ class Kind:
 
 
 def _builtin(api_version: str, plural: str, kind: str, namespaced: bool = True, short: str = "",
-             status: bool = False, scale: bool = False) -> Kind:
+             status: bool = False, scale: bool = False, all_category: bool = False) -> Kind:
     group, _, version = api_version.rpartition("/")
     paths = (("specReplicasPath", ".spec.replicas"), ("statusReplicasPath", ".status.replicas"))
-    return Kind(group, version, plural, kind, namespaced, kind.lower(), tuple(short.split()), (),
-                status, paths if scale else ())
+    return Kind(group, version, plural, kind, namespaced, kind.lower(), tuple(short.split()),
+                ("all",) if all_category else (), status, paths if scale else ())
 
 
 BUILTIN_KINDS = (
@@ -134,11 +135,12 @@ BUILTIN_KINDS = (
     _builtin("v1", "events", "Event", short="ev"),
     _builtin("v1", "configmaps", "ConfigMap", short="cm"),
     _builtin("v1", "secrets", "Secret"),
-    _builtin("v1", "services", "Service", short="svc", status=True),
+    _builtin("v1", "services", "Service", short="svc", status=True, all_category=True),
     _builtin("v1", "serviceaccounts", "ServiceAccount", short="sa"),
-    _builtin("v1", "pods", "Pod", short="po", status=True),
+    _builtin("v1", "pods", "Pod", short="po", status=True, all_category=True),
     _builtin("events.k8s.io/v1", "events", "Event", short="ev"),
-    _builtin("apps/v1", "deployments", "Deployment", short="deploy", status=True, scale=True),
+    _builtin("apps/v1", "deployments", "Deployment", short="deploy", status=True, scale=True,
+             all_category=True),
     _builtin("coordination.k8s.io/v1", "leases", "Lease"),
     _builtin("apiextensions.k8s.io/v1", "customresourcedefinitions", "CustomResourceDefinition",
              namespaced=False, short="crd crds", status=True),
@@ -532,6 +534,8 @@ class Emulator(kmock.KubernetesEmulator):
         self["get /readyz"] << b"ok"
         self["get /healthz"] << b"ok"
         self["get /livez"] << b"ok"
+        self["get /openapi/v3"] << self._serve_openapi_root
+        self["get", re.compile(r"/openapi/v3/.+")] << self._serve_openapi_group_version
         self["get /_emulator/requests"] << (lambda: self.request_counts())
         self["post /_emulator/requests/reset"] << (lambda: self.reset_counts() or {"reset": True})
         for kind in BUILTIN_KINDS:
@@ -602,7 +606,7 @@ class Emulator(kmock.KubernetesEmulator):
             return 200, {"kind": f"{kind.kind}List", "apiVersion": kind.api_version,
                          "metadata": {"resourceVersion": rv}, "items": objs}
         if call.verb == "create":
-            return 201, self.create_object(kind, call.data(), call.namespace, dry_run=call.dry_run)
+            return 201, self.create_object(kind, call.data(), call.namespace, call)
         if call.verb == "deletecollection":
             for obj in self._select(call):
                 self._delete(kind, obj, call.params, {}, call.dry_run)
@@ -612,7 +616,7 @@ class Emulator(kmock.KubernetesEmulator):
         current = self._store[kind.store].get(key)
         if call.verb == "patch" and current is None and "apply-patch" in call.headers.get("Content-Type", ""):
             obj = call.data()
-            return 201, self.create_object(kind, obj, call.namespace, dry_run=call.dry_run)
+            return 201, self.create_object(kind, obj, call.namespace, call)
         if current is None:
             raise ApiError(404, "NotFound", f'{kind.resource} "{call.name}" not found',
                            {"name": call.name, "group": kind.group, "kind": kind.plural})
@@ -626,11 +630,11 @@ class Emulator(kmock.KubernetesEmulator):
             replicas = (new_scale.get("spec") or {}).get("replicas")
             new = copy.deepcopy(current)
             _path_set(new, dict(kind.scale)["specReplicasPath"], replicas)
-            return 200, self._scale(kind, self._update(kind, current, new, "", call.dry_run))
+            return 200, self._scale(kind, self._update(kind, current, new, "", call))
         if call.verb == "get":
             return 200, self._out(kind, current) if not call.as_table else table(
                 kind, [self._out(kind, current)], call.params.get("includeObject", "Metadata"), str(self._rv))
-        return 200, self._update(kind, current, self._changed(call, current), sub, call.dry_run)
+        return 200, self._update(kind, current, self._changed(call, current), sub, call)
 
     def _changed(self, call: Call, current: Obj) -> Obj:
         """The object as the client wants it after a PUT or PATCH (before server-side rules)."""
@@ -673,7 +677,7 @@ class Emulator(kmock.KubernetesEmulator):
         return list(self._store[self.kind_for(resource).store].values())
 
     def create_object(self, resource: str | Kind, obj: Obj, namespace: str | None = None,
-                      dry_run: bool = False) -> Obj:
+                      call: Call | None = None) -> Obj:
         kind = self.kind_for(resource)
         if not isinstance(obj, dict):
             raise ApiError(400, "BadRequest", "the object must be a JSON object")
@@ -702,12 +706,12 @@ class Emulator(kmock.KubernetesEmulator):
         if kind.status and kind.crd is not None:
             obj.pop("status", None)
         self._defaults(kind, obj)
-        obj = self._admit(kind, obj, None)
-        if not dry_run:
+        obj = self._admit(kind, obj, None, call)
+        if not (call and call.dry_run):
             self._commit(kind, "ADDED", obj, None)
         return self._out(kind, obj)
 
-    def _update(self, kind: Kind, old: Obj, new: Obj, subresource: str, dry_run: bool) -> Obj:
+    def _update(self, kind: Kind, old: Obj, new: Obj, subresource: str, call: Call | None = None) -> Obj:
         meta, old_meta = new.get("metadata") or {}, old["metadata"]
         if meta.get("resourceVersion") not in (None, "", old_meta["resourceVersion"]):
             raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {kind.resource} '
@@ -735,12 +739,12 @@ class Emulator(kmock.KubernetesEmulator):
                 raise self._invalid(kind, old_meta["name"], [
                     "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted"])
         self._defaults(kind, new)
-        new = self._admit(kind, new, old)
+        new = self._admit(kind, new, old, call)
         if new == old:
             return self._out(kind, old)  # a no-op write changes nothing, as in Kubernetes
         if _content(new) != _content(old):
             new["metadata"] = {**new["metadata"], "generation": old_meta.get("generation", 1) + 1}
-        if dry_run:
+        if call and call.dry_run:
             return self._out(kind, new)
         gone = bool(new["metadata"].get("deletionTimestamp")) and not new["metadata"].get("finalizers")
         self._commit(kind, "DELETED" if gone else "MODIFIED", new, old)
@@ -804,7 +808,7 @@ class Emulator(kmock.KubernetesEmulator):
                 if remaining and any(self._uid_exists(ref.get("uid")) for ref in remaining):
                     new = copy.deepcopy(obj)
                     new["metadata"]["ownerReferences"] = remaining
-                    self._update(kind, obj, new, "", False)
+                    self._update(kind, obj, new, "")
                 else:
                     self._delete(kind, obj, {}, {}, False)
 
@@ -853,10 +857,16 @@ class Emulator(kmock.KubernetesEmulator):
                              "storedVersions": [v["name"] for v in obj.get("spec", {}).get("versions", [])
                                                 if v.get("storage")]}
 
-    def _admit(self, kind: Kind, new: Obj, old: Obj | None) -> Obj:
-        """Schema defaulting and validation of custom resources, as the apiserver does on every write."""
+    def _admit(self, kind: Kind, new: Obj, old: Obj | None, call: Call | None) -> Obj:
+        """Schema pruning, defaulting and validation of custom resources, as on every apiserver write."""
         if kind.crd is not None and self.defaulter is not None:
-            new = self.defaulter(kind.crd, new)
+            pruned = self.defaulter(kind.crd, new)
+            unknown = unknown_fields(new, pruned)
+            if unknown and call is not None and call.params.get("fieldValidation") == "Strict":
+                raise ApiError(400, "BadRequest", f'{kind.kind} in version "{kind.version}" cannot be handled as a '
+                               f"{kind.kind}: strict decoding error: "
+                               + ", ".join(f'unknown field "{field}"' for field in unknown))
+            new = pruned
         if kind.crd is not None and self.validator is not None:
             messages = self.validator(kind.crd, new, old)
             if messages:
@@ -940,10 +950,11 @@ class Emulator(kmock.KubernetesEmulator):
             await response.prepare(raw)
 
             async def send(type_: str, obj: Obj) -> None:
+                obj = self._out(kind, obj)
                 if call.as_table and type_ != "BOOKMARK":
-                    obj = table(kind, [self._out(kind, obj)], params.get("includeObject", "Metadata"),
+                    obj = table(kind, [obj], params.get("includeObject", "Metadata"),
                                 obj["metadata"].get("resourceVersion", ""))
-                await response.write(json.dumps({"type": type_, "object": self._out(kind, obj)}).encode() + b"\n")
+                await response.write(json.dumps({"type": type_, "object": obj}).encode() + b"\n")
 
             for type_, obj in backlog:
                 await send(type_, obj)
@@ -1038,6 +1049,30 @@ class Emulator(kmock.KubernetesEmulator):
                                   "group": "autoscaling", "version": "v1", "verbs": ["get", "patch", "update"]})
         return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}
 
+    # OpenAPI v3, only as much as kubectl needs to use server-side field validation (`fieldValidation=Strict`)
+    # instead of asking for schemas: a PATCH operation per kind that lists the parameter. No schemas.
+    async def _serve_openapi_root(self, request: rendering.Request) -> rendering.Payload:
+        served = self._served()
+        digest = hashlib.sha256(repr(sorted(served)).encode()).hexdigest()[:16]
+        paths = {_gv_path(gv): {"serverRelativeURL": f"/openapi/v3/{_gv_path(gv)}?hash={digest}"} for gv in served}
+        return {"paths": paths}
+
+    async def _serve_openapi_group_version(self, request: rendering.Request) -> rendering.Payload:
+        path = request.url.path.removeprefix("/openapi/v3/")
+        kinds = next((kinds for gv, kinds in self._served().items() if _gv_path(gv) == path), None)
+        if not kinds:
+            raise ApiError(404, "NotFound", f"no OpenAPI document for {path}")
+        parameters = [{"name": name, "in": "query", "schema": {"type": "string"}}
+                      for name in ("dryRun", "fieldManager", "fieldValidation")]
+        paths = {}
+        for kind in kinds:
+            scope = "/namespaces/{namespace}" if kind.namespaced else ""
+            gvk = {"group": kind.group, "version": kind.version, "kind": kind.kind}
+            paths[f"/{path}{scope}/{kind.plural}/{{name}}"] = {"patch": {
+                "x-kubernetes-group-version-kind": gvk, "x-kubernetes-action": "patch",
+                "parameters": parameters, "responses": {"200": {"description": "OK"}}}}
+        return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.35.0"}, "paths": paths}
+
     # ---- request accounting ----------------------------------------------------------------------
 
     def request_counts(self) -> Obj:
@@ -1047,6 +1082,26 @@ class Emulator(kmock.KubernetesEmulator):
 
     def reset_counts(self) -> None:
         self.counts.clear()
+
+
+def unknown_fields(before: Any, after: Any, path: str = "") -> list[str]:
+    """Paths present (and not null) in `before` that pruning removed from `after`."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        found = []
+        for key, value in before.items():
+            where = f"{path}.{key}" if path else key
+            if key not in after:
+                found += [where] if value is not None else []
+            else:
+                found += unknown_fields(value, after[key], where)
+        return found
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        return [f for i, (b, a) in enumerate(zip(before, after)) for f in unknown_fields(b, a, f"{path}[{i}]")]
+    return []
+
+
+def _gv_path(api_version: str) -> str:
+    return f"apis/{api_version}" if "/" in api_version else f"api/{api_version}"
 
 
 def _content(obj: Obj) -> Obj:

@@ -46,15 +46,17 @@ def watch(emulator: EmulatorProcess, path: str, **params: str) -> list[dict[str,
 @pytest.fixture
 def widgets(emulator: EmulatorProcess) -> EmulatorProcess:
     """The emulator with the Widget CRD applied as an object (which registers the resource)."""
-    emulator.kubectl("apply", "--validate=false", "-f", str(FIXTURES / "widgets.crd.yaml"))
+    emulator.kubectl("apply", "-f", str(FIXTURES / "widgets.crd.yaml"))
     return emulator
 
 
 def test_kubectl_apply_get_patch_scale_delete(widgets: EmulatorProcess) -> None:
     k = widgets.kubectl
     manifest = json.dumps(widget("w1", color="red", replicas=1))
-    assert "widget.test.tiered.dev/w1 created" in k("apply", "--validate=false", "-f", "-", input=manifest).stdout
-    assert "unchanged" in k("apply", "--validate=false", "-f", "-", input=manifest).stdout
+    assert "widget.test.tiered.dev/w1 created" in k("apply", "-f", "-", input=manifest).stdout
+    assert "unchanged" in k("apply", "-f", "-", input=manifest).stdout
+    unknown = k("apply", "-f", "-", input=json.dumps(widget("w2", colour="red")), check=False)
+    assert 'strict decoding error: unknown field "spec.colour"' in unknown.stderr  # kubectl's default
 
     k("patch", "wdg", "w1", "--type=merge", "-p", '{"spec": {"color": "blue"}}')
     k("patch", "wdg", "w1", "--subresource=status", "--type=merge",
@@ -66,7 +68,7 @@ def test_kubectl_apply_get_patch_scale_delete(widgets: EmulatorProcess) -> None:
     assert k("get", "wdg", "w1", "-o", "jsonpath={.metadata.generation}").stdout == "3"
 
     # kubectl apply patches with the last-applied annotation: it changes only what the manifest says.
-    k("apply", "--validate=false", "-f", "-", input=json.dumps(widget("w1", color="green", replicas=3)))
+    k("apply", "-f", "-", input=json.dumps(widget("w1", color="green", replicas=3)))
     got = json.loads(k("get", "wdg", "w1", "-o", "json").stdout)
     assert got["spec"] == {"color": "green", "replicas": 3}
     assert got["status"]["conditions"][0]["status"] == "True"
@@ -188,7 +190,7 @@ def test_watch_resume_selectors_and_timeout(tmp_path: Path) -> None:
 
 
 def test_request_counters(widgets: EmulatorProcess) -> None:
-    widgets.kubectl("apply", "--validate=false", "-f", "-", input=json.dumps(widget("c")))
+    widgets.kubectl("apply", "-f", "-", input=json.dumps(widget("c")))
     widgets.reset_requests()
     widgets.kubectl("get", "widgets")
     widgets.api("GET", f"{WIDGETS}/c")
@@ -267,7 +269,7 @@ def test_kopf_operator_smoke(widgets: EmulatorProcess, tmp_path: Path) -> None:
                                  str(operator)], env=widgets.env, stdout=out, stderr=subprocess.STDOUT)
     try:
         k, api = widgets.kubectl, widgets.api
-        k("apply", "--validate=false", "-f", "-", input=json.dumps(widget("smoke", color="red")))
+        k("apply", "-f", "-", input=json.dumps(widget("smoke", color="red")))
         child_path = "/api/v1/namespaces/default/configmaps/smoke-child"
 
         def child_color() -> str | None:
