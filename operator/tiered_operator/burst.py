@@ -104,7 +104,7 @@ def decide_burst(
     assert latest is not None, "set above from this or an earlier sample"
     held_above = latest - state.above_since if state.above_since is not None else None
     held_below = latest - state.below_since if state.below_since is not None else None
-    seen = f"signal {usable.value:g}"
+    seen = f"signal {usable.value:.4g}"
 
     if not state.active and held_above is not None and held_above >= spec.for_seconds:
         capacity = "tier at max replicas" if at_max_replicas else "tier still below max replicas"

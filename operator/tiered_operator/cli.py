@@ -18,6 +18,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "render": ("tiered_operator.commands:render", "Print what the operator would create for the objects in FILE"),
     "plan": ("tiered_operator.commands:plan", "Print the capacity plan of the InferenceTiers in FILE"),
     "cluster": ("tiered_operator.emulator:cluster", "Start a local Kubernetes API emulator"),
+    "simulate": (
+        "tiered_operator.simulate:simulate",
+        "Replay a utilization trace through the scaling and burst decisions",
+    ),
 }
 
 

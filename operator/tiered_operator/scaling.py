@@ -146,7 +146,7 @@ def decide_replicas(
     replicas = clamp(stepped, bounds)
     new_state = state.model_copy(update={"recommendations": (*kept, Recommendation(at=now, replicas=raw))})
 
-    seen = f"signal {usable.value:g} vs target {spec.target:g}"
+    seen = f"signal {usable.value:.4g} vs target {spec.target:g}"
     if replicas != current_replicas:
         direction: ScalingReason = "ScaledUp" if replicas > current_replicas else "ScaledDown"
         return decision(replicas, direction, f"{seen}: {current_replicas} → {replicas} replicas", new_state)
