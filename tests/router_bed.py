@@ -185,7 +185,8 @@ def base_config(up: dict[str, FakeUpstream], **overrides: Any) -> dict[str, Any]
         ],
         "privacy": {"privateTeams": ["legal"]},
         "timeouts": {"connectSeconds": 1, "readSeconds": 1, "poolSeconds": 2},
-        "breaker": {"failureThreshold": 3, "cooldownSeconds": 30},
+        # High, so failures injected by one test never open a breaker for the next (breaker tests override).
+        "breaker": {"failureThreshold": 100, "cooldownSeconds": 30},
         "retries": 2,
     }
     config.update(overrides)

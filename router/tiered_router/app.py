@@ -101,7 +101,7 @@ class RouterState:
         self.breakers = Breakers()
         self.flight = forward.InFlight()
         self.ledger = cost.CostLedger()
-        self.metrics.watch(self.flight.count, self.breakers, lambda: list(self.snapshot.targets))
+        self.metrics.watch(self._live_sample)
         self.upstream = forward.Upstream(
             transport or forward.make_transport(config.max_connections),
             self.breakers,
@@ -109,6 +109,13 @@ class RouterState:
             self.metrics,
         )
         self._announce()
+
+    def _live_sample(self) -> list[tuple[str, int, int, int]]:
+        now = time.monotonic()
+        return [
+            (tier, self.flight.count.get(tier, 0), self.flight.queued(tier), self.breakers.state(tier, now))
+            for tier in self.snapshot.targets
+        ]
 
     def _current_signatures(self) -> tuple[Any, Any]:
         return _file_signature(self.config_path), _file_signature(self.snapshot.config.api_keys_file)

@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     def announce(*_: Any) -> None:
         print(f"listening on http://{host}:{port}", flush=True)
 
-    web.run_app(build_app(args.name), sock=sock, print=announce, access_log=None, handle_signals=True)
+    web.run_app(build_app(args.name), sock=sock, print=announce, access_log=None, shutdown_timeout=0.1)
     return 0
 
 

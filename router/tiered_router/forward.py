@@ -89,6 +89,9 @@ class InFlight:
                 future.set_result(None)
                 break
 
+    def queued(self, tier: str) -> int:
+        return len(self._waiters.get(tier, ()))
+
     async def wait_for_slot(self, tier: str, limit: int, timeout: float) -> bool:
         """Wait until a request on `tier` finishes; False when the queue is full or the wait times out."""
         waiters = self._waiters.setdefault(tier, deque())
@@ -156,7 +159,9 @@ class Upstream:
             except UPSTREAM_ERRORS as error:
                 self.flight.leave(tier)
                 # httpx-aiohttp reports a refused connection as ConnectTimeout: both count as "connect".
-                slow = isinstance(error, httpx.TimeoutException) and not isinstance(error, httpx.ConnectTimeout)
+                slow = isinstance(error, httpx.TimeoutException) and not isinstance(
+                    error, httpx.ConnectTimeout
+                )
                 last = "timeout" if slow else "connect"
                 self.breakers.failure(
                     tier, time.monotonic(), breaker.failure_threshold, breaker.cooldown_seconds

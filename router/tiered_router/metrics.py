@@ -6,14 +6,11 @@ collector, so the request path pays nothing for them.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-from tiered_router.breaker import Breakers
 
 # Router overhead is sub-millisecond when healthy; upstream latency spans ms to minutes.
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
@@ -84,24 +81,27 @@ class RouterMetrics:
             registry=r,
         )
 
-    def watch(self, in_flight: dict[str, int], breakers: Breakers, tiers: Callable[[], list[str]]) -> None:
-        self.registry.register(_LiveCollector(in_flight, breakers, tiers))
+    def watch(self, sample: Callable[[], Iterable[tuple[str, int, int, int]]]) -> None:
+        """Export live control data at scrape time: `sample()` yields (tier, in flight, queued, breaker)."""
+        self.registry.register(_LiveCollector(sample))
 
 
 class _LiveCollector(Collector):
-    def __init__(self, in_flight: dict[str, int], breakers: Breakers, tiers: Callable[[], list[str]]):
-        self.in_flight, self.breakers, self.tiers = in_flight, breakers, tiers
+    def __init__(self, sample: Callable[[], Iterable[tuple[str, int, int, int]]]) -> None:
+        self.sample = sample
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        now = time.monotonic()
         flight = GaugeMetricFamily("tiered_router_in_flight", "Requests in flight per tier.", labels=["tier"])
+        queued = GaugeMetricFamily(
+            "tiered_router_queued", "Private requests waiting for a slot on a tier.", labels=["tier"]
+        )
         state = GaugeMetricFamily(
             "tiered_router_breaker_state",
             "Circuit breaker per tier: 0 closed, 1 half-open, 2 open.",
             labels=["tier"],
         )
-        for tier in self.tiers():
-            flight.add_metric([tier], self.in_flight.get(tier, 0))
-            state.add_metric([tier], self.breakers.state(tier, now))
-        yield flight
-        yield state
+        for tier, in_flight, waiting, breaker in self.sample():
+            flight.add_metric([tier], in_flight)
+            queued.add_metric([tier], waiting)
+            state.add_metric([tier], breaker)
+        yield from (flight, queued, state)
