@@ -77,6 +77,17 @@ def test_kubectl_apply_get_patch_scale_delete(widgets: EmulatorProcess) -> None:
     assert "NotFound" in k("get", "widget", "w1", check=False).stderr
 
 
+def test_kubectl_create_generators_and_namespace_deletion(emulator: EmulatorProcess) -> None:
+    k = emulator.kubectl  # these kubectl commands send protobuf bodies
+    k("create", "namespace", "demo")
+    k("-n", "demo", "create", "configmap", "settings", "--from-literal=mode=fast")
+    k("-n", "demo", "create", "secret", "generic", "token", "--from-literal=key=s3cret")
+    assert k("-n", "demo", "get", "cm", "settings", "-o", "jsonpath={.data.mode}").stdout == "fast"
+    assert k("-n", "demo", "get", "secret", "token", "-o", "jsonpath={.data.key}").stdout == "czNjcmV0"
+    k("delete", "namespace", "demo")
+    assert "No resources found" in k("get", "configmaps,secrets", "-A").stderr
+
+
 def test_finalizers_and_garbage_collection(widgets: EmulatorProcess) -> None:
     api = widgets.api
     _, owner = api("POST", WIDGETS, {**widget("owner"), "metadata": {"name": "owner", "finalizers": ["x/y"]}})
