@@ -42,7 +42,9 @@ class BurstState(BaseModel):
 
     def to_status(self) -> dict[str, Any]:
         """The public ``burst: {active, since, reason}`` block of the RoutingPolicy status."""
-        since = datetime.fromtimestamp(self.since, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if self.since else None
+        since = None
+        if self.since is not None:
+            since = datetime.fromtimestamp(self.since, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return {"active": self.active, "since": since, "reason": self.reason}
 
 

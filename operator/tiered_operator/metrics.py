@@ -22,7 +22,6 @@ evaluation time Prometheus reports (Prometheus itself hides series not scraped f
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from dataclasses import dataclass
@@ -117,6 +116,7 @@ def one_number(result: Any, expr: str) -> tuple[float, float]:
 
 class PrometheusSignalSource:
     """A SignalSource over Prometheus' HTTP API (prometheus-api-client). Build one at start-up and share it.
+    It blocks (requests): from an event loop, ``await asyncio.to_thread(source.read, query)``.
 
     No retries inside: the operator's timer owns the backoff, so an outage shows within one interval."""
 
@@ -144,7 +144,3 @@ class PrometheusSignalSource:
                 "Stale", f"newest sample is {age:.0f} s old (staleAfterSeconds {query.stale_after:g})"
             )
         return Sample(value=value, timestamp=timestamp)
-
-    async def read_async(self, query: SignalQuery, now: float | None = None) -> Sample:
-        """`read` in a worker thread, for the operator's event loop."""
-        return await asyncio.to_thread(self.read, query, now)

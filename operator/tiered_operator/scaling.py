@@ -104,6 +104,7 @@ def decide_replicas(
     now: float,
 ) -> ScalingDecision:
     """Replicas for a tier now. ``sample`` is the newest reading, or None when metrics are unavailable."""
+    usable = fresh(sample, now, spec.stale_after_seconds)
 
     def decision(
         replicas: int, reason: ScalingReason, message: str, new_state: ScalingState
@@ -120,13 +121,18 @@ def decide_replicas(
             signal=usable.value if usable else None,
         )
 
-    usable = fresh(sample, now, spec.stale_after_seconds)
     if not spec.enabled:
+        source = "replicas.desired" if bounds.desired is not None else "the current count"
         wanted = clamp(bounds.desired if bounds.desired is not None else current_replicas, bounds)
-        return decision(wanted, "Manual", f"autoscaling off: {wanted} replicas from replicas.desired", state)
+        return decision(wanted, "Manual", f"autoscaling off: {wanted} replicas from {source}", state)
     if usable is None:
         held = clamp(current_replicas, bounds)
-        why = "no sample" if sample is None else f"newest sample is {now - sample.timestamp:.0f} s old"
+        if sample is None:
+            why = "no sample"
+        elif not math.isfinite(sample.value):
+            why = f"sample is {sample.value}"
+        else:
+            why = f"newest sample is {now - sample.timestamp:.0f} s old"
         return decision(held, "MetricsStale", f"no fresh metrics ({why}): holding {held} replicas", state)
 
     window = max(spec.scale_up_stabilization_seconds, spec.scale_down_stabilization_seconds)
@@ -151,7 +157,8 @@ def decide_replicas(
         direction: ScalingReason = "ScaledUp" if replicas > current_replicas else "ScaledDown"
         return decision(replicas, direction, f"{seen}: {current_replicas} → {replicas} replicas", new_state)
     if raw == current_replicas:
-        return decision(replicas, "WithinTolerance", f"{seen}: within ±{spec.tolerance:g}", new_state)
+        fits = f"{seen}: {replicas} replicas fit (tolerance ±{spec.tolerance:g})"
+        return decision(replicas, "WithinTolerance", fits, new_state)
     if clamp(raw, bounds) == current_replicas:
         limit = "max" if raw > current_replicas else "min"
         return decision(

@@ -107,13 +107,6 @@ def test_a_frozen_exporter_becomes_stale(stack: Stack) -> None:
     assert "s old" in str(unavailable(source, strict, "Stale"))
 
 
-async def test_read_async(stack: Stack) -> None:
-    exporter, source = stack
-    exporter.set(gpu(WORKERS[0], 33, namespace=NS))
-    read_value(source, query(), 33)
-    assert (await source.read_async(query())).value == 33
-
-
 def test_exporter_gone_then_prometheus_gone(tmp_path: Path) -> None:
     with DcgmExporter(tmp_path) as exporter, Prometheus(tmp_path, [exporter.address]) as prometheus:
         source = PrometheusSignalSource(prometheus.url, timeout=2)
