@@ -24,8 +24,12 @@ STARTUP_SECONDS = 20.0
 def _start(args: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """Start a process that prints `listening on URL`; returns it and the URL, or fails with its log."""
     out = log.open("wb")
-    process = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=out,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        stderr=out,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     deadline = time.monotonic() + STARTUP_SECONDS
     assert process.stdout is not None
     os.set_blocking(process.stdout.fileno(), False)
@@ -59,8 +63,9 @@ class FakeUpstream:
 
     def __init__(self, name: str, tmp: Path) -> None:
         self.name = name
-        self.process, self.url = _start(["-m", "tiered_router.fake_upstream", "--name", name],
-                                        tmp / f"fake-{name}.log")
+        self.process, self.url = _start(
+            ["-m", "tiered_router.fake_upstream", "--name", name], tmp / f"fake-{name}.log"
+        )
         self.base_url = f"{self.url}/v1"
         self.control = httpx.Client(base_url=self.url, timeout=10)
 
@@ -99,8 +104,18 @@ class Router:
         self.config_path = tmp / "router.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.process, self.url = _start(
-            ["-m", "tiered_router.server", "--config", str(self.config_path), "--port", "0",
-             "--reload-interval", "0.1"], tmp / "router.log")
+            [
+                "-m",
+                "tiered_router.server",
+                "--config",
+                str(self.config_path),
+                "--port",
+                "0",
+                "--reload-interval",
+                "0.1",
+            ],
+            tmp / "router.log",
+        )
         self.log = tmp / "router.log"
         self.base_url = f"{self.url}/v1"
         self.http = httpx.Client(base_url=self.url, timeout=30)
@@ -166,13 +181,26 @@ def base_config(up: dict[str, FakeUpstream], **overrides: Any) -> dict[str, Any]
     """Tiers `small` and `edge` (local) and `big` (external) on the fakes; tests override what they need."""
     config: dict[str, Any] = {
         "tiers": [
-            {"name": "small", "kind": "local", "baseURL": up["small"].base_url, "model": "small-model",
-             "pricing": {"gpuHourUSD": 3.6, "gpusPerReplica": 2, "tokensPerSecond": 1000},
-             "fallback": ["edge", "big"]},
-            {"name": "edge", "kind": "local", "baseURL": up["edge"].base_url,
-             "pricing": {"gpuHourUSD": 0.36, "tokensPerSecond": 100}},
-            {"name": "big", "kind": "external", "baseURL": up["big"].base_url,
-             "pricing": {"inputPerMTok": 5, "outputPerMTok": 30}},
+            {
+                "name": "small",
+                "kind": "local",
+                "baseURL": up["small"].base_url,
+                "model": "small-model",
+                "pricing": {"gpuHourUSD": 3.6, "gpusPerReplica": 2, "tokensPerSecond": 1000},
+                "fallback": ["edge", "big"],
+            },
+            {
+                "name": "edge",
+                "kind": "local",
+                "baseURL": up["edge"].base_url,
+                "pricing": {"gpuHourUSD": 0.36, "tokensPerSecond": 100},
+            },
+            {
+                "name": "big",
+                "kind": "external",
+                "baseURL": up["big"].base_url,
+                "pricing": {"inputPerMTok": 5, "outputPerMTok": 30},
+            },
         ],
         "default": "small",
         "baseline": "big",

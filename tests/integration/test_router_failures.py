@@ -19,20 +19,26 @@ def client(rt: Router) -> openai.OpenAI:
 
 def ask(rt: Router, model: str = "auto", content: str = "hello", **kwargs: object) -> tuple[str, str]:
     raw = client(rt).chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": content}], **kwargs)
+        model=model, messages=[{"role": "user", "content": content}], **kwargs
+    )
     return raw.headers["x-tiered-tier"], raw.headers["x-tiered-reason"]
 
 
 @pytest.mark.parametrize(("mode", "cause"), [("fail", "500"), ("429", "429"), ("stall", "timeout")])
-def test_falls_back_along_the_chain(router_reset: Router, router_fakes: dict[str, FakeUpstream],
-                                    mode: str, cause: str) -> None:
+def test_falls_back_along_the_chain(
+    router_reset: Router, router_fakes: dict[str, FakeUpstream], mode: str, cause: str
+) -> None:
     router_fakes["small"].mode(mode, times=1)
     assert ask(router_reset) == ("edge", "default")
-    assert router_reset.metric("tiered_router_fallbacks_total", from_tier="small", to_tier="edge",
-                               cause=cause) >= 1
+    assert (
+        router_reset.metric("tiered_router_fallbacks_total", from_tier="small", to_tier="edge", cause=cause)
+        >= 1
+    )
 
 
-def test_breaker_opens_skips_the_tier_then_closes(router_fakes: dict[str, FakeUpstream], tmp_path: Path) -> None:
+def test_breaker_opens_skips_the_tier_then_closes(
+    router_fakes: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
     for fake in router_fakes.values():
         fake.reset()
     config = base_config(router_fakes, breaker={"failureThreshold": 2, "cooldownSeconds": 1})
@@ -70,11 +76,15 @@ def test_all_breakers_open_503_and_not_ready(router_fakes: dict[str, FakeUpstrea
             fake.reset()
 
 
-def test_private_traffic_never_reaches_the_external_tier(router_reset: Router,
-                                                         router_fakes: dict[str, FakeUpstream]) -> None:
+def test_private_traffic_never_reaches_the_external_tier(
+    router_reset: Router, router_fakes: dict[str, FakeUpstream]
+) -> None:
     big = router_fakes["big"]
     assert ask(router_reset, model="big", extra_headers={"x-tiered-private": "true"}) == ("small", "private")
-    assert ask(router_reset, content="a theorem", extra_headers={"x-tiered-team": "legal"}) == ("small", "private")
+    assert ask(router_reset, content="a theorem", extra_headers={"x-tiered-team": "legal"}) == (
+        "small",
+        "private",
+    )
     # Local tiers failing: the chain small → edge → big loses big for private requests.
     router_fakes["small"].mode("fail", times=1)
     assert ask(router_reset, extra_headers={"x-tiered-private": "1"}) == ("edge", "default")
@@ -88,15 +98,18 @@ def test_private_traffic_never_reaches_the_external_tier(router_reset: Router,
 
 
 def test_overflow_goes_to_burst_target_and_private_requests_queue(
-        router_reset: Router, router_fakes: dict[str, FakeUpstream]) -> None:
-    config = base_config(router_fakes, privacy={"privateTeams": ["legal"], "queueLimit": 4,
-                                                "queueTimeoutSeconds": 20})
+    router_reset: Router, router_fakes: dict[str, FakeUpstream]
+) -> None:
+    config = base_config(
+        router_fakes, privacy={"privateTeams": ["legal"], "queueLimit": 4, "queueTimeoutSeconds": 20}
+    )
     config["tiers"][0].update(concurrency=1, burst=True, burstTarget="big")
     router_reset.apply(config)
     small = router_fakes["small"]
     small.mode("hold")  # streams send one chunk, then stay in flight until released
     held = client(router_reset).chat.completions.create(
-        model="small", messages=[{"role": "user", "content": "hi"}], stream=True)
+        model="small", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
     first = next(iter(held))
     assert first.choices[0].delta.content
     assert router_reset.metric("tiered_router_in_flight", tier="small") == 1
@@ -118,7 +131,8 @@ def test_private_queue_full_503(router_reset: Router, router_fakes: dict[str, Fa
     router_reset.apply(config)
     router_fakes["small"].mode("hold")
     held = client(router_reset).chat.completions.create(
-        model="small", messages=[{"role": "user", "content": "hi"}], stream=True)
+        model="small", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
     next(iter(held))
     with pytest.raises(openai.APIStatusError) as caught:
         ask(router_reset, extra_headers={"x-tiered-team": "legal"})

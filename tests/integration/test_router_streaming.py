@@ -13,13 +13,15 @@ def client(router: Router) -> openai.OpenAI:
     return openai.OpenAI(base_url=router.base_url, api_key="none", max_retries=0, timeout=30)
 
 
-def test_first_chunk_arrives_before_the_upstream_finishes(router_reset: Router,
-                                                           router_fakes: dict[str, FakeUpstream]) -> None:
+def test_first_chunk_arrives_before_the_upstream_finishes(
+    router_reset: Router, router_fakes: dict[str, FakeUpstream]
+) -> None:
     # The fake sends one chunk and then holds the stream open until released: a buffering router would
     # never deliver that chunk, and this test would time out instead of reading it.
     router_fakes["small"].mode("hold")
     raw = client(router_reset).chat.completions.with_raw_response.create(
-        model="small", messages=[{"role": "user", "content": "hi"}], stream=True)
+        model="small", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
     assert raw.headers["x-tiered-tier"] == "small"
     stream = raw.parse()
     chunks = iter(stream)
@@ -33,8 +35,9 @@ def test_first_chunk_arrives_before_the_upstream_finishes(router_reset: Router,
     assert router_reset.metric("tiered_router_time_to_first_token_seconds_count", tier="small") >= 1
 
 
-def test_stream_asks_upstream_for_usage_and_prices_it(router_reset: Router,
-                                                       router_fakes: dict[str, FakeUpstream]) -> None:
+def test_stream_asks_upstream_for_usage_and_prices_it(
+    router_reset: Router, router_fakes: dict[str, FakeUpstream]
+) -> None:
     router_fakes["edge"].mode("ok", usage={"prompt_tokens": 1000, "completion_tokens": 500})
     chunks = list(client(router_reset).completions.create(model="edge", prompt="hi", stream=True))
     assert "".join(c.choices[0].text for c in chunks if c.choices)
@@ -44,22 +47,32 @@ def test_stream_asks_upstream_for_usage_and_prices_it(router_reset: Router,
     assert router_reset.metric("tiered_router_estimated_usage_total", tier="edge") == 0
 
 
-def test_stream_without_usage_is_estimated(router_reset: Router, router_fakes: dict[str, FakeUpstream]) -> None:
+def test_stream_without_usage_is_estimated(
+    router_reset: Router, router_fakes: dict[str, FakeUpstream]
+) -> None:
     router_fakes["edge"].mode("ok", omit_usage=True)
     before = router_reset.metric("tiered_router_estimated_usage_total", tier="edge")
-    chunks = list(client(router_reset).chat.completions.create(
-        model="edge", messages=[{"role": "user", "content": "x" * 40}], stream=True, logprobs=True))
+    chunks = list(
+        client(router_reset).chat.completions.create(
+            model="edge", messages=[{"role": "user", "content": "x" * 40}], stream=True, logprobs=True
+        )
+    )
     assert chunks[0].choices[0].logprobs is not None
     assert router_reset.metric("tiered_router_estimated_usage_total", tier="edge") == before + 1
-    row = next(r for r in router_reset.http.get("/v1/tiered/costs").json()["by_tier_team_feature"]
-               if r["tier"] == "edge")
+    row = next(
+        r
+        for r in router_reset.http.get("/v1/tiered/costs").json()["by_tier_team_feature"]
+        if r["tier"] == "edge"
+    )
     assert row["estimated_requests"] >= 1
 
 
-def test_stream_falls_back_before_the_first_byte(router_reset: Router,
-                                                 router_fakes: dict[str, FakeUpstream]) -> None:
+def test_stream_falls_back_before_the_first_byte(
+    router_reset: Router, router_fakes: dict[str, FakeUpstream]
+) -> None:
     router_fakes["small"].mode("fail", status=503, times=1)
     raw = client(router_reset).chat.completions.with_raw_response.create(
-        model="small", messages=[{"role": "user", "content": "hi"}], stream=True)
+        model="small", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
     assert raw.headers["x-tiered-tier"] == "edge"
     assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
