@@ -140,8 +140,8 @@ def replay(
     """One decision per ``interval`` from ``start`` (default: the first point) to the last point."""
     scaling_state, burst_state = ScalingState(), BurstState()
     ticks: list[Tick] = []
-    now = points[0].t if start is None else start
-    index = -1
+    first = points[0].t if start is None else start
+    index, count, now = -1, 0, first
     while now <= points[-1].t:
         while index + 1 < len(points) and points[index + 1].t <= now:
             index += 1
@@ -161,7 +161,8 @@ def replay(
             burst_state = bursting.state
         ticks.append(Tick(now, signal, replicas, scaling, bursting))
         scaling_state, replicas = scaling.state, scaling.replicas
-        now += interval
+        count += 1
+        now = first + count * interval  # not now += interval: no drift with fractional intervals
     return ticks
 
 
