@@ -16,6 +16,7 @@ Pure: no kopf, kubernetes, HTTP or clock imports; time comes in as ``now`` (unix
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -29,7 +30,8 @@ BurstReason = Literal["BurstStarted", "BurstEnded", "Bursting", "NotBursting", "
 
 class BurstState(BaseModel):
     """What `decide_burst` remembers between calls. Persist ``model_dump(mode="json")`` and restore with
-    ``BurstState.model_validate(...)``; an empty state is a valid start (not bursting)."""
+    ``BurstState.model_validate(...)``, or keep it in memory and restore only the public block with
+    `from_status`; an empty state is a valid start (not bursting)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -39,6 +41,18 @@ class BurstState(BaseModel):
     above_since: float | None = Field(default=None, description="Start of the unbroken run ≥ entry.")
     below_since: float | None = Field(default=None, description="Start of the unbroken run < exit.")
     last_sample_at: float | None = Field(default=None, description="Timestamp of the last sample counted.")
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any] | None) -> BurstState:
+        """A state from the public ``burst`` block alone (after a restart, say): the flag survives and the
+        evidence runs start afresh, which can only delay a change, never cause one."""
+        status = status or {}
+        since = status.get("since")
+        return cls(
+            active=bool(status.get("active", False)),
+            since=datetime.fromisoformat(since).timestamp() if since else None,
+            reason=str(status.get("reason") or ""),
+        )
 
     def to_status(self) -> dict[str, Any]:
         """The public ``burst: {active, since, reason}`` block of the RoutingPolicy status."""

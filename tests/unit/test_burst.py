@@ -97,6 +97,10 @@ def test_status_block() -> None:
     assert BurstState().to_status() == {"active": False, "since": None, "reason": ""}
     status = replay([95] * 21)[-1].state.to_status()
     assert status == {"active": True, "since": "2027-01-15T08:05:00Z", "reason": status["reason"]}
+    restored = BurstState.from_status(status)
+    assert (restored.active, restored.since, restored.reason) == (True, T0 + 300, status["reason"])
+    assert restored.above_since is None and restored.last_sample_at is None
+    assert BurstState.from_status(None) == BurstState()
 
 
 def test_stale_samples_are_no_evidence() -> None:
