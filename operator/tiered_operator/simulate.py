@@ -26,12 +26,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
 from tiered_operator.burst import BurstDecision, BurstState, decide_burst
 from tiered_operator.cli import UsageError
+from tiered_operator.commands import _load as load_objects  # files or folders; errors → UsageError
 from tiered_operator.model import Burst, InferenceTier, InferenceTierSpec, RoutingPolicy
-from tiered_operator.objects import InvalidObject, load_file
 from tiered_operator.plan import PlanError, plan_capacity
 from tiered_operator.scaling import Sample, ScalingDecision, ScalingState, decide_replicas
 
@@ -198,7 +196,8 @@ def summarize(ticks: list[Tick], interval: float, gpus_per_replica: float) -> Su
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-f", "--filename", action="append", type=Path, required=True,
-        help="YAML with the InferenceTier (and the RoutingPolicy whose burst block names it); repeatable",
+        help="YAML file or folder with the InferenceTier (and the RoutingPolicy whose burst names it); "
+        "repeatable",
     )  # fmt: skip
     add = parser.add_argument
     add("--trace", type=Path, required=True, help="CSV: timestamp,utilization or timestamp,rps")
@@ -210,22 +209,8 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     add("--plot", type=Path, help="also draw the timeline into this PNG")
 
 
-def _objects(files: list[Path]) -> list[InferenceTier | RoutingPolicy]:
-    found: list[InferenceTier | RoutingPolicy] = []
-    for file in files:
-        try:
-            found += [o for o in load_file(file) if isinstance(o, InferenceTier | RoutingPolicy)]
-        except OSError as error:
-            raise UsageError(f"cannot read {file}: {error.strerror or error}") from None
-        except yaml.YAMLError as error:
-            raise UsageError(f"{file}: malformed YAML: {error}".replace("\n", " ")) from None
-        except InvalidObject as error:
-            raise UsageError(str(error)) from None
-    return found
-
-
 def _tier_and_burst(args: argparse.Namespace) -> tuple[InferenceTier, Burst | None]:
-    objects = _objects(args.filename)
+    objects = [obj for _, obj in load_objects(args.filename)]
     tiers = [o for o in objects if isinstance(o, InferenceTier) and args.tier in (None, o.metadata.name)]
     names = ", ".join(str(f) for f in args.filename)
     if len(tiers) != 1:
