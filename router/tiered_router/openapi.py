@@ -18,6 +18,8 @@ _RETRY_AFTER = {
         "schema": {"type": "string", "pattern": "^[0-9]+$"},
     }
 }
+# Each server-sent event: `data:` carries one JSON chunk, then `[DONE]`.
+_SSE_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}
 _ROUTING_HEADERS = {
     "x-tiered-tier": {"description": "The tier that served the request.", "schema": {"type": "string"}},
     "x-tiered-reason": {
@@ -60,7 +62,7 @@ def _completion_operation(summary: str, request_schema: str) -> dict[str, Any]:
                 "headers": _ROUTING_HEADERS,
                 "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/Completion"}},
-                    "text/event-stream": {"schema": {"type": "string"}},
+                    "text/event-stream": {"schema": _SSE_EVENT},
                 },
             },
             "400": _error("Malformed JSON or a field routing needs has the wrong shape."),
@@ -76,11 +78,8 @@ def _completion_operation(summary: str, request_schema: str) -> dict[str, Any]:
 
 def openapi_document(config: RouterConfig) -> dict[str, Any]:
     models = [t.name for t in config.tiers] + [AUTO_MODEL]
-    metadata = {
-        "type": "object",
-        "additionalProperties": {"type": "string"},
-        "description": "OpenAI metadata; `task`, `team`, `feature` are read for routing and attribution.",
-    }
+    # The router reads `task`, `team` and `feature` from metadata; other keys are the upstream's business.
+    metadata = {"type": "object", "description": "OpenAI metadata; `task`, `team`, `feature` are read."}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -123,7 +122,10 @@ def openapi_document(config: RouterConfig) -> dict[str, Any]:
                     "properties": {
                         "model": {"type": "string", "enum": models},
                         "prompt": {
-                            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]
+                            "oneOf": [
+                                {"type": "string"},
+                                {"type": "array", "description": "strings or token ids"},
+                            ]
                         },
                         "stream": {"type": "boolean"},
                         "metadata": metadata,
