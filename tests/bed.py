@@ -11,6 +11,9 @@ The `emulator` fixture in conftest.py yields an `EmulatorProcess`:
     emulator.writes() -> int          # create/update/patch/delete/deletecollection since the last reset
     emulator.reset_requests()
 
+`running_kopf(emulator, args, log)` runs `kopf run --standalone -A *args` against it and stops it afterwards;
+`running_operator(emulator, workdir)` does that for `tiered_operator.handlers` and waits for its liveness
+probe; `eventually(check)` polls until `check()` is truthy instead of sleeping for a fixed time.
 `python tests/bed.py --bench` prints the emulator's throughput (GET and PATCH per second, 500 objects).
 """
 
@@ -35,6 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 KUBECTL = REPO_ROOT / ".bin" / "kubectl"
 TIERED = Path(sys.executable).with_name("tiered")
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+MERGE = "application/merge-patch+json"
 
 
 @dataclass
@@ -61,7 +65,7 @@ class EmulatorProcess:
             headers: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, Any]:
         """One raw HTTP request; returns (status, parsed JSON body) — errors too, never raises on 4xx."""
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method, headers=dict(headers or {}))
+        request = urllib.request.Request(self.url + path, data, dict(headers or {}), method=method)
         if data is not None:
             request.add_header("Content-Type", content_type or "application/json")
         try:
@@ -92,7 +96,8 @@ def check_kubectl() -> None:
 
 
 @contextlib.contextmanager
-def running_emulator(workdir: Path, extra_args: Sequence[str] = (), timeout: float = 30) -> Iterator[EmulatorProcess]:
+def running_emulator(workdir: Path, extra_args: Sequence[str] = (),
+                     timeout: float = 30) -> Iterator[EmulatorProcess]:
     """Start `tiered cluster` on an ephemeral loopback port; wait until it answers; stop it afterwards."""
     check_kubectl()
     kubeconfig, log = workdir / "kubeconfig", workdir / "emulator.log"
@@ -126,6 +131,28 @@ def running_emulator(workdir: Path, extra_args: Sequence[str] = (), timeout: flo
             process.wait()
 
 
+@contextlib.contextmanager
+def running_kopf(emulator: EmulatorProcess, args: Sequence[str], log: Path,
+                 env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """`kopf run --standalone -A ARGS` (e.g. [path] or ["-m", module]) against the emulator."""
+    command = [sys.executable, "-m", "kopf", "run", "--standalone", "-A", *args]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                                   env={**emulator.env, **(env or {})})
+    try:
+        yield process
+    except BaseException:
+        print(f"--- kopf log ({log}) ---\n{log.read_text(errors='replace')}")
+        raise
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def bench(objects: int = 500, seconds: float = 5.0, concurrency: int = 16) -> dict[str, float]:
     """Requests per second against a fresh emulator with `objects` custom resources (one client process)."""
     import asyncio
@@ -143,7 +170,7 @@ def bench(objects: int = 500, seconds: float = 5.0, concurrency: int = 16) -> di
             for verb in ("GET", "PATCH"):
                 done, stop = 0, time.monotonic() + seconds
 
-                async def worker(offset: int, verb: str = verb) -> None:
+                async def worker(offset: int, verb: str = verb, stop: float = stop) -> None:
                     nonlocal done
                     i = offset
                     while time.monotonic() < stop:
@@ -151,8 +178,8 @@ def bench(objects: int = 500, seconds: float = 5.0, concurrency: int = 16) -> di
                         if verb == "GET":
                             request = session.get(name)
                         else:
-                            request = session.patch(name, data=json.dumps({"metadata": {"labels": {"n": str(i)}}}),
-                                                    headers={"Content-Type": "application/merge-patch+json"})
+                            patch = json.dumps({"metadata": {"labels": {"n": str(i)}}})
+                            request = session.patch(name, data=patch, headers={"Content-Type": MERGE})
                         async with request as response:
                             await response.read()
                             assert response.status == 200
@@ -163,13 +190,8 @@ def bench(objects: int = 500, seconds: float = 5.0, concurrency: int = 16) -> di
                 results[f"{verb} per second"] = round(done / (time.monotonic() - started))
             return results
 
-    with tempfile.TemporaryDirectory() as workdir, running_emulator(Path(workdir), ["--no-validation"]) as emulator:
+    with tempfile.TemporaryDirectory() as tmp, running_emulator(Path(tmp), ["--no-validation"]) as emulator:
         return asyncio.run(load(emulator.url))
-
-
-if __name__ == "__main__":
-    if "--bench" in sys.argv:
-        print(bench())
 
 
 @dataclass
@@ -185,18 +207,16 @@ class OperatorProcess:
 
 @contextlib.contextmanager
 def running_operator(emulator: EmulatorProcess, workdir: Path, resync_seconds: float = 1.0,
-                     extra_env: dict[str, str] | None = None, timeout: float = 30) -> Iterator[OperatorProcess]:
-    """`kopf run --standalone -A -m tiered_operator.handlers` until the test ends; waits for its liveness probe."""
+                     extra_env: dict[str, str] | None = None,
+                     timeout: float = 30) -> Iterator[OperatorProcess]:
+    """`kopf run ... -m tiered_operator.handlers` until the test ends; waits for its liveness probe."""
     log = workdir / "operator.log"
     port = _free_port()
-    env = {**emulator.env, "TIERED_RESYNC_SECONDS": str(resync_seconds), **(extra_env or {})}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("kopf")), "run", "--standalone", "-A", "--log-format=plain",
-             f"--liveness=http://127.0.0.1:{port}/healthz", "-m", "tiered_operator.handlers"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-    operator = OperatorProcess(process, log)
-    try:
+    env = {"TIERED_RESYNC_SECONDS": str(resync_seconds), **(extra_env or {})}
+    args = ["--log-format=plain", f"--liveness=http://127.0.0.1:{port}/healthz",
+            "-m", "tiered_operator.handlers"]
+    with running_kopf(emulator, args, log, env) as process:
+        operator = OperatorProcess(process, log)
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None or time.monotonic() > deadline:
@@ -207,13 +227,6 @@ def running_operator(emulator: EmulatorProcess, workdir: Path, resync_seconds: f
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(0.1)
         yield operator
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _free_port() -> int:
@@ -238,3 +251,8 @@ def eventually(check: Any, timeout: float = 20, interval: float = 0.2, what: str
                 return last
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}; last result: {last!r}")
+
+
+if __name__ == "__main__":
+    if "--bench" in sys.argv:
+        print(bench())

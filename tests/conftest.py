@@ -13,7 +13,7 @@ from bed import EmulatorProcess, OperatorProcess, check_kubectl, running_emulato
 
 @pytest.fixture
 def emulator(tmp_path: Path) -> Iterator[EmulatorProcess]:
-    """`tiered cluster` as a subprocess on an ephemeral loopback port, with the repo's CRDs (and RayService)."""
+    """`tiered cluster` as a subprocess on a free loopback port, with the repo's CRDs (and RayService)."""
     with running_emulator(tmp_path) as process:
         yield process
 

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from bed import EmulatorProcess, running_emulator
+from bed import EmulatorProcess, eventually, running_emulator, running_kopf
 
 pytestmark = pytest.mark.integration
 
@@ -24,16 +20,6 @@ MERGE = "application/merge-patch+json"
 
 def widget(name: str, **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "test.tiered.dev/v1", "kind": "Widget", "metadata": {"name": name}, "spec": spec}
-
-
-def eventually(check: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
-    """Poll until `check()` is truthy (no sleeping for a fixed time in place of waiting)."""
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-    return result
 
 
 def watch(emulator: EmulatorProcess, path: str, **params: str) -> list[dict[str, Any]]:
@@ -91,7 +77,8 @@ def test_kubectl_create_generators_and_namespace_deletion(emulator: EmulatorProc
 def test_finalizers_and_garbage_collection(widgets: EmulatorProcess) -> None:
     api = widgets.api
     _, owner = api("POST", WIDGETS, {**widget("owner"), "metadata": {"name": "owner", "finalizers": ["x/y"]}})
-    ref = {"apiVersion": "test.tiered.dev/v1", "kind": "Widget", "name": "owner", "uid": owner["metadata"]["uid"]}
+    uid = owner["metadata"]["uid"]
+    ref = {"apiVersion": "test.tiered.dev/v1", "kind": "Widget", "name": "owner", "uid": uid}
     child = {"metadata": {"name": "child", "ownerReferences": [ref]}, "data": {}}
     assert api("POST", "/api/v1/namespaces/default/configmaps", child)[0] == 201
 
@@ -115,7 +102,8 @@ def test_generation_and_status_subresource(widgets: EmulatorProcess) -> None:
     assert obj["status"] == {"phase": "Up"} and obj["spec"]["color"] == "red"
     assert obj["metadata"]["generation"] == 1
 
-    _, obj = api("PATCH", f"{WIDGETS}/g", {"metadata": {"labels": {"a": "b"}}, "status": {"phase": "no"}}, MERGE)
+    labels_and_status = {"metadata": {"labels": {"a": "b"}}, "status": {"phase": "no"}}
+    _, obj = api("PATCH", f"{WIDGETS}/g", labels_and_status, MERGE)
     assert obj["metadata"]["generation"] == 1 and obj["status"] == {"phase": "Up"}
 
     rv = obj["metadata"]["resourceVersion"]
@@ -174,7 +162,7 @@ def test_lists_selectors_and_discovery(widgets: EmulatorProcess) -> None:
 def test_watch_resume_selectors_and_timeout(tmp_path: Path) -> None:
     with running_emulator(tmp_path, ["--crds", str(FIXTURES), "--bookmark-interval", "0.2"]) as emulator:
         api = emulator.api
-        _, first = api("POST", WIDGETS, {**widget("w", color="red"), "metadata": {"name": "w", "labels": {"a": "1"}}})
+        _, first = api("POST", WIDGETS, {**widget("w"), "metadata": {"name": "w", "labels": {"a": "1"}}})
         api("PATCH", f"{WIDGETS}/w", {"spec": {"color": "blue"}}, MERGE)
         api("PATCH", f"{WIDGETS}/w", {"metadata": {"labels": {"a": "2"}}}, MERGE)
         api("DELETE", f"{WIDGETS}/w")
@@ -183,14 +171,14 @@ def test_watch_resume_selectors_and_timeout(tmp_path: Path) -> None:
         assert [e["type"] for e in watch(emulator, WIDGETS, timeoutSeconds="1")] == []
 
         # Resumed after the creation: everything after it, in order, nothing before.
-        events = watch(emulator, WIDGETS, resourceVersion=first["metadata"]["resourceVersion"], timeoutSeconds="1")
+        after = first["metadata"]["resourceVersion"]
+        events = watch(emulator, WIDGETS, resourceVersion=after, timeoutSeconds="1")
         assert [e["type"] for e in events] == ["MODIFIED", "MODIFIED", "DELETED"]
         rvs = [int(e["object"]["metadata"]["resourceVersion"]) for e in events]
-        assert rvs == sorted(rvs) and rvs[0] > int(first["metadata"]["resourceVersion"])
+        assert rvs == sorted(rvs) and rvs[0] > int(after)
 
         # A selector watch sees an object leaving the selection as DELETED.
-        events = watch(emulator, WIDGETS, resourceVersion=first["metadata"]["resourceVersion"],
-                       labelSelector="a%3D1", timeoutSeconds="1")
+        events = watch(emulator, WIDGETS, resourceVersion=after, labelSelector="a%3D1", timeoutSeconds="1")
         assert [e["type"] for e in events] == ["MODIFIED", "DELETED"]
 
         api("POST", WIDGETS, widget("x"))
@@ -228,13 +216,13 @@ async def test_validator_hook_in_process() -> None:
     def validate(crd: dict[str, Any], new: dict[str, Any], old: dict[str, Any] | None) -> list[str]:
         return [] if new["spec"].get("color") == "blue" else ["spec.color: Unsupported value: only blue"]
 
-    async with Emulator(crds=load_crds([FIXTURES]), validator=validate) as emu, kmock.Server(emu) as server:
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{server.port}") as session:
-            async with session.post(WIDGETS, json=widget("v", color="red")) as response:
-                assert response.status == 422
-                assert "only blue" in (await response.json())["message"]
-            async with session.post(WIDGETS, json=widget("v", color="blue")) as response:
-                assert response.status == 201
+    emulator = Emulator(crds=load_crds([FIXTURES]), validator=validate)
+    async with emulator, kmock.Server(emulator) as server, aiohttp.ClientSession(server.url) as session:
+        async with session.post(WIDGETS, json=widget("v", color="red")) as response:
+            assert response.status == 422
+            assert "only blue" in (await response.json())["message"]
+        async with session.post(WIDGETS, json=widget("v", color="blue")) as response:
+            assert response.status == 201
 
 
 OPERATOR = '''
@@ -275,10 +263,7 @@ def test_kopf_operator_smoke(widgets: EmulatorProcess, tmp_path: Path) -> None:
     operator = tmp_path / "operator.py"
     operator.write_text(textwrap.dedent(OPERATOR))
     log = tmp_path / "kopf.log"
-    with log.open("wb") as out:
-        kopf = subprocess.Popen([sys.executable, "-m", "kopf", "run", "--standalone", "-A", "--verbose",
-                                 str(operator)], env=widgets.env, stdout=out, stderr=subprocess.STDOUT)
-    try:
+    with running_kopf(widgets, ["--verbose", str(operator)], log):
         k, api = widgets.kubectl, widgets.api
         k("apply", "-f", "-", input=json.dumps(widget("smoke", color="red")))
         child_path = "/api/v1/namespaces/default/configmaps/smoke-child"
@@ -298,14 +283,4 @@ def test_kopf_operator_smoke(widgets: EmulatorProcess, tmp_path: Path) -> None:
 
         k("delete", "widget", "smoke", "--timeout=30s")  # kopf removes its finalizer, then it is gone
         eventually(lambda: api("GET", child_path)[0] == 404, what="garbage collection of the child")
-        assert "Traceback" not in log.read_text(), log.read_text()
-    except BaseException:
-        print(log.read_text())
-        raise
-    finally:
-        kopf.terminate()
-        try:
-            kopf.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            kopf.kill()
-            kopf.wait()
+        assert "Traceback" not in log.read_text()
