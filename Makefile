@@ -44,6 +44,7 @@ crds: setup ## regenerate crds/ from the pydantic models
 bench: setup ## print performance numbers
 	$(VPY) bench/reconcile.py
 	$(VPY) bench/burst_timing.py
+	$(VPY) bench/router.py
 
 demo: setup ## run the local stack: emulator, operator, examples
 	$(VPY) -m tiered_operator.demo

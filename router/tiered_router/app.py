@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from aiohttp import web
 
 from tiered_router import auth, cost, forward
@@ -61,7 +62,10 @@ def build_snapshot(config: RouterConfig) -> Snapshot:
             headers.append(("authorization", f"Bearer {os.environ.get(tier.api_key_env, '')}"))
         base = tier.base_url.rstrip("/")
         targets[tier.name] = forward.Target(
-            f"{base}/chat/completions", f"{base}/completions", tuple(headers), tier.upstream_model
+            httpx.URL(f"{base}/chat/completions"),
+            httpx.URL(f"{base}/completions"),
+            httpx.Headers(headers),
+            tier.upstream_model,
         )
     prices = {t.name: cost.tier_price(t) for t in config.tiers}
     models = [
@@ -393,7 +397,7 @@ class Handlers:
                     out_headers,
                 )
             try:
-                data = await response.aread()
+                data = b"".join([chunk async for chunk in response.aiter_raw()])  # no decoding: identity
             except forward.UPSTREAM_ERRORS as error:
                 return self._reject(
                     502,

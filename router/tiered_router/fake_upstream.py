@@ -12,14 +12,17 @@ the router through failures without timing tricks:
 - `GET /_fake/stats` → `{"requests": N, "bodies": [... last 50 request bodies ...]}`;
   `POST /_fake/reset` clears counters and mode.
 
-Run: `python -m tiered_router.fake_upstream [--host 127.0.0.1] [--port 0] [--name NAME]`; it prints
-`listening on http://HOST:PORT` once ready (port 0 picks a free port).
+Run: `python -m tiered_router.fake_upstream [--host 127.0.0.1] [--port 0] [--name NAME] [--fast]`; it
+prints `listening on http://HOST:PORT` once ready (port 0 picks a free port). `--fast` (for benchmarks)
+answers every request with the same small chat completion from a bare asyncio protocol, so the fake costs
+a few microseconds per request and the thing measured is what sits in front of it; no control API.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import socket
 import sys
@@ -210,11 +213,58 @@ def build_app(name: str = "fake") -> web.Application:
     return app
 
 
+FAST_BODY = json.dumps(
+    {
+        "id": "fake-1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "fake",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+    }
+).encode()
+FAST_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+    + str(len(FAST_BODY)).encode()
+    + b"\r\n\r\n"
+    + FAST_BODY
+)
+
+
+class FastProtocol(asyncio.Protocol):
+    """Keep-alive HTTP/1.1 that reads each request (headers + Content-Length body) and sends FAST_RESPONSE."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            length = 0
+            for line in self.buffer[:end].split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(self.buffer) < end + 4 + length:
+                return
+            self.buffer = self.buffer[end + 4 + length :]
+            self.transport.write(FAST_RESPONSE)
+
+
+async def serve_fast(sock: socket.socket, announce: Any) -> None:
+    server = await asyncio.get_running_loop().create_server(FastProtocol, sock=sock)
+    announce()
+    async with server:
+        await server.serve_forever()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--name", default="fake")
+    parser.add_argument("--fast", action="store_true", help="canned responses only, for benchmarks")
     args = parser.parse_args(argv)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -224,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     def announce(*_: Any) -> None:
         print(f"listening on http://{host}:{port}", flush=True)
 
+    if args.fast:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve_fast(sock, announce))
+        return 0
     web.run_app(build_app(args.name), sock=sock, print=announce, access_log=None, shutdown_timeout=0.1)
     return 0
 
