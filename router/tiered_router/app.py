@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -95,7 +95,12 @@ def _file_signature(path: str | None) -> tuple[int, int, int] | None:
 class RouterState:
     """Control data: the current snapshot, breakers, in-flight counts, metrics and the cost ledger."""
 
-    def __init__(self, config_path: str, transport: Any = None, reload_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        config_path: str,
+        transport: httpx.AsyncBaseTransport | None = None,
+        reload_interval: float = 1.0,
+    ) -> None:
         self.config_path = config_path
         self.reload_interval = reload_interval
         config = load_config(config_path)
@@ -171,8 +176,54 @@ def error_response(
     )
 
 
-class BadRequest(Exception):
-    pass
+class Reject(Exception):
+    """Stop handling a request and answer with an OpenAI-shaped error; `code` is also the metrics reason."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str,
+        code: str,
+        tier: str = "none",
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.code, self.tier = status, message, kind, code, tier
+        self.headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+
+
+def _bad_request(message: str) -> Reject:
+    return Reject(400, message, "invalid_request_error", "bad_request")
+
+
+UNAUTHORIZED = ("missing or invalid API key", "authentication_error", "invalid_api_key")
+
+
+@dataclass(slots=True)
+class Call:
+    """One completion request, parsed once: what routing, forwarding and accounting need."""
+
+    chat: bool
+    raw: bytes = b""
+    body: dict[str, Any] = field(default_factory=dict)
+    stream: bool = False
+    text: str = ""
+    team: str = UNKNOWN
+    feature: str = UNKNOWN
+
+    def payload_for(self, target: forward.Target) -> bytes:
+        """The body for one tier: the client's bytes unless the model name or stream options must change."""
+        body = self.body
+        changed = body.get("model") != target.model
+        if self.stream and not (body.get("stream_options") or {}).get("include_usage"):
+            # Ask for usage in the stream so streamed tokens are priced from real counts.
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+            changed = True
+        if not changed:
+            return self.raw
+        body["model"] = target.model
+        return json.dumps(body).encode()
 
 
 def _prompt_text(body: dict[str, Any], chat: bool) -> str:
@@ -181,10 +232,10 @@ def _prompt_text(body: dict[str, Any], chat: bool) -> str:
     if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise BadRequest("`messages` must be a non-empty array")
+            raise _bad_request("`messages` must be a non-empty array")
         for message in messages:
             if not isinstance(message, dict):
-                raise BadRequest("each message must be an object")
+                raise _bad_request("each message must be an object")
             content = message.get("content")
             if isinstance(content, str):
                 parts.append(content)
@@ -199,7 +250,7 @@ def _prompt_text(body: dict[str, Any], chat: bool) -> str:
         elif isinstance(prompt, list):
             parts.extend(p for p in prompt if isinstance(p, str))
         else:
-            raise BadRequest("`prompt` must be a string or an array")
+            raise _bad_request("`prompt` must be a string or an array")
     return "\n".join(parts)
 
 
@@ -213,241 +264,169 @@ class Handlers:
         self.state = state
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._complete(request, chat=True)
+        return await self._complete(request, Call(chat=True))
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._complete(request, chat=False)
+        return await self._complete(request, Call(chat=False))
 
-    def _reject(
-        self,
-        status: int,
-        message: str,
-        kind: str,
-        code: str,
-        team: str = UNKNOWN,
-        feature: str = UNKNOWN,
-        tier: str = "none",
-        headers: dict[str, str] | None = None,
-    ) -> web.Response:
-        self.state.metrics.requests.labels(tier, team, feature, code, str(status)).inc()
-        return error_response(status, message, kind, code, headers)
-
-    async def _complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
+    async def _complete(self, request: web.Request, call: Call) -> web.StreamResponse:
         started = time.perf_counter()
         state = self.state
-        snap = state.snapshot
+        snap = state.snapshot  # read once: a reload never changes the config under this request
+        try:
+            private, task, model = await self._read(request, snap, call)
+            features = RequestFeatures(model, estimate_tokens(len(call.text)), task, call.text, private)
+            live = LiveState(state.flight.count, state.breakers.open_until, time.monotonic())
+            decision = choose_tier(features, snap.config, live)
+            if decision.tier is None:
+                if decision.reason == UNKNOWN_MODEL:
+                    message = f"model {model!r} does not exist; use a tier name or {AUTO_MODEL!r}"
+                    raise Reject(404, message, "invalid_request_error", "model_not_found")
+                raise Reject(
+                    503,
+                    "no tier can take this request now",
+                    "service_unavailable",
+                    decision.reason,
+                    retry_after=decision.retry_after,
+                )
+            if decision.queue and not await state.flight.wait_for_slot(
+                decision.tier, snap.config.privacy.queue_limit, snap.config.privacy.queue_timeout_seconds
+            ):
+                message = (
+                    f"tier {decision.tier!r} is at its concurrency budget; private requests cannot overflow"
+                )
+                raise Reject(503, message, "service_unavailable", "private-queue-full", decision.tier, 1)
+            try:
+                tier, response, sent = await state.upstream.open(
+                    snap.config, snap.targets, decision.chain, call.chat, call.payload_for, snap.timeout
+                )
+            except forward.Exhausted as error:
+                kind = "upstream_error" if error.status == 502 else "service_unavailable"
+                raise Reject(
+                    error.status, error.message, kind, "upstream_exhausted", decision.tier, error.retry_after
+                ) from None
+        except Reject as reject:
+            state.metrics.requests.labels(
+                reject.tier, call.team, call.feature, reject.code, str(reject.status)
+            ).inc()
+            return error_response(reject.status, reject.message, reject.kind, reject.code, reject.headers)
+        try:
+            return await self._relay(request, response, snap, call, tier, decision.reason, started, sent)
+        finally:
+            await response.aclose()
+            state.flight.leave(tier)
+
+    async def _read(self, request: web.Request, snap: Snapshot, call: Call) -> tuple[bool, str | None, str]:
+        """Authenticate, read and check the body, attribute; fills `call`, returns (private, task, model)."""
         config = snap.config
         headers = request.headers
-
         identity = None
         if snap.keys is not None:
             identity = auth.identify(snap.keys, headers.get("Authorization"))
             if identity is None:
-                return self._reject(
-                    401, "missing or invalid API key", "authentication_error", "invalid_api_key"
-                )
-
+                raise Reject(401, *UNAUTHORIZED)
+        too_large = Reject(
+            413, f"request body over {config.max_body_bytes} bytes", "invalid_request_error", "body_too_large"
+        )
         if (request.content_length or 0) > config.max_body_bytes:
-            return self._reject(
-                413,
-                f"request body over {config.max_body_bytes} bytes",
-                "invalid_request_error",
-                "body_too_large",
-            )
+            raise too_large
         try:
-            raw = await request.read()
+            call.raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return self._reject(
-                413,
-                f"request body over {config.max_body_bytes} bytes",
-                "invalid_request_error",
-                "body_too_large",
-            )
-        if len(raw) > config.max_body_bytes:
-            return self._reject(
-                413,
-                f"request body over {config.max_body_bytes} bytes",
-                "invalid_request_error",
-                "body_too_large",
-            )
+            raise too_large from None
+        if len(call.raw) > config.max_body_bytes:
+            raise too_large
         try:
-            body = json.loads(raw)
-            if not isinstance(body, dict):
-                raise BadRequest("the body must be a JSON object")
-            model = body.get("model")
-            if not isinstance(model, str):
-                raise BadRequest("`model` must be a string")
-            stream = body.get("stream", False)
-            if not isinstance(stream, bool):
-                raise BadRequest("`stream` must be a boolean")
-            metadata = body.get("metadata", {})
-            if not isinstance(metadata, dict):
-                raise BadRequest("`metadata` must be an object")
-            text = _prompt_text(body, chat)
-        except (ValueError, BadRequest) as error:
-            message = str(error) if isinstance(error, BadRequest) else f"malformed JSON: {error}"
-            return self._reject(400, message, "invalid_request_error", "bad_request")
+            body = json.loads(call.raw)
+        except ValueError as error:
+            raise _bad_request(f"malformed JSON: {error}") from None
+        if not isinstance(body, dict):
+            raise _bad_request("the body must be a JSON object")
+        model, stream, metadata = body.get("model"), body.get("stream", False), body.get("metadata", {})
+        if not isinstance(model, str):
+            raise _bad_request("`model` must be a string")
+        if not isinstance(stream, bool):
+            raise _bad_request("`stream` must be a boolean")
+        if not isinstance(metadata, dict):
+            raise _bad_request("`metadata` must be an object")
+        call.body, call.stream, call.text = body, stream, _prompt_text(body, call.chat)
 
+        # A key's team wins over headers (a caller cannot claim another team's budget or privacy).
+        feature = _label(headers.get("x-tiered-feature")) or _label(metadata.get("feature"))
         if identity is not None:
-            team = identity.team
-            feature = (
-                _label(headers.get("x-tiered-feature"))
-                or _label(metadata.get("feature"))
-                or identity.feature
-                or UNKNOWN
-            )
+            call.team, call.feature = identity.team, feature or identity.feature or UNKNOWN
         else:
-            team = _label(headers.get("x-tiered-team")) or _label(metadata.get("team")) or UNKNOWN
-            feature = _label(headers.get("x-tiered-feature")) or _label(metadata.get("feature")) or UNKNOWN
+            call.team = _label(headers.get("x-tiered-team")) or _label(metadata.get("team")) or UNKNOWN
+            call.feature = feature or UNKNOWN
         task = headers.get("x-tiered-task") or metadata.get("task")
         privacy = config.privacy
         private = (
-            team in privacy.private_teams
+            call.team in privacy.private_teams
             or headers.get(privacy.private_header, "").strip().lower() in TRUE_VALUES
         )
+        return private, task if isinstance(task, str) else None, model
 
-        features = RequestFeatures(
-            model=model,
-            prompt_tokens=estimate_tokens(len(text)),
-            task=task if isinstance(task, str) else None,
-            text=text,
-            private=private,
-        )
-        decision = choose_tier(
-            features, config, LiveState(state.flight.count, state.breakers.open_until, time.monotonic())
-        )
-        if decision.tier is None:
-            if decision.reason == UNKNOWN_MODEL:
-                return self._reject(
-                    404,
-                    f"model {model!r} does not exist; use a tier name or {AUTO_MODEL!r}",
-                    "invalid_request_error",
-                    "model_not_found",
-                    team,
-                    feature,
-                )
-            return self._reject(
-                503,
-                "no tier can take this request now",
-                "service_unavailable",
-                decision.reason,
-                team,
-                feature,
-                headers={"Retry-After": str(decision.retry_after)},
-            )
-        if decision.queue:
-            tier = config.tier(decision.tier)
-            ok = await state.flight.wait_for_slot(
-                decision.tier, privacy.queue_limit, privacy.queue_timeout_seconds
-            )
-            if not ok:
-                return self._reject(
-                    503,
-                    f"tier {tier.name!r} is at its concurrency budget and private requests cannot overflow",
-                    "service_unavailable",
-                    "private-queue-full",
-                    team,
-                    feature,
-                    tier.name,
-                    headers={"Retry-After": "1"},
-                )
-
-        def payload_for(target: forward.Target) -> bytes:
-            changes = body.get("model") != target.model
-            if stream and not (body.get("stream_options") or {}).get("include_usage"):
-                # Ask for usage in the stream so streamed tokens are priced from real counts.
-                body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-                changes = True
-            if not changes:
-                return raw
-            body["model"] = target.model
-            return json.dumps(body).encode()
-
-        try:
-            tier_name, response, sent = await state.upstream.open(
-                config, snap.targets, decision.chain, chat, payload_for, snap.timeout
-            )
-        except forward.Exhausted as error:
-            return self._reject(
-                error.status,
-                error.message,
-                "upstream_error" if error.status == 502 else "service_unavailable",
-                "upstream_exhausted",
-                team,
-                feature,
-                decision.tier,
-                headers={"Retry-After": str(error.retry_after)},
-            )
-        before_upstream = sent - started
-        out_headers = {"x-tiered-tier": tier_name, "x-tiered-reason": decision.reason}
+    async def _relay(
+        self,
+        request: web.Request,
+        response: httpx.Response,
+        snap: Snapshot,
+        call: Call,
+        tier: str,
+        reason: str,
+        started: float,
+        sent: float,
+    ) -> web.StreamResponse:
+        """Pass the upstream's answer to the client and account for it."""
+        metrics = self.state.metrics
+        headers = {"x-tiered-tier": tier, "x-tiered-reason": reason}
         content_type = response.headers.get("content-type", "application/json")
+        if call.stream and response.status_code == 200 and content_type.startswith("text/event-stream"):
+            return await self._stream(request, response, snap, call, tier, reason, headers, started, sent)
         try:
-            if stream and response.status_code == 200 and content_type.startswith("text/event-stream"):
-                return await self._stream(
-                    request,
-                    response,
-                    snap,
-                    tier_name,
-                    decision.reason,
-                    team,
-                    feature,
-                    text,
-                    started,
-                    before_upstream,
-                    out_headers,
-                )
-            try:
-                data = b"".join([chunk async for chunk in response.aiter_raw()])  # no decoding: identity
-            except forward.UPSTREAM_ERRORS as error:
-                return self._reject(
-                    502,
-                    f"upstream {tier_name!r} failed mid-response: {error!r}",
-                    "upstream_error",
-                    "upstream_read",
-                    team,
-                    feature,
-                    tier_name,
-                    headers={"Retry-After": "1"},
-                )
-            finished = time.perf_counter()
-            status = response.status_code
-            if status == 200:
-                usage = cost.usage_from_json(data) or _estimate_json(text, data)
-                self._account(snap, tier_name, team, feature, usage)
-            state.metrics.requests.labels(tier_name, team, feature, decision.reason, str(status)).inc()
-            state.metrics.upstream_latency.labels(tier_name).observe(finished - sent)
-            reply = web.Response(body=data, status=status, headers=out_headers)
-            reply.content_type = content_type.split(";")[0]
-            state.metrics.overhead.observe(before_upstream + time.perf_counter() - finished)
-            return reply
-        finally:
-            await response.aclose()
-            state.flight.leave(tier_name)
+            data = b"".join([chunk async for chunk in response.aiter_raw()])  # no decoding: identity
+        except forward.UPSTREAM_ERRORS as error:
+            metrics.requests.labels(tier, call.team, call.feature, "upstream_read", "502").inc()
+            return error_response(
+                502,
+                f"upstream {tier!r} failed mid-response: {error!r}",
+                "upstream_error",
+                "upstream_read",
+                {"Retry-After": "1"},
+            )
+        finished = time.perf_counter()
+        status = response.status_code
+        if status == 200:
+            self._account(snap, call, tier, cost.usage_from_json(data) or _estimate_json(call.text, data))
+        metrics.requests.labels(tier, call.team, call.feature, reason, str(status)).inc()
+        metrics.upstream_latency.labels(tier).observe(finished - sent)
+        reply = web.Response(body=data, status=status, headers=headers)
+        reply.content_type = content_type.split(";")[0]
+        metrics.overhead.observe(sent - started + time.perf_counter() - finished)
+        return reply
 
     async def _stream(
         self,
         request: web.Request,
-        response: Any,
+        response: httpx.Response,
         snap: Snapshot,
+        call: Call,
         tier: str,
         reason: str,
-        team: str,
-        feature: str,
-        text: str,
+        headers: dict[str, str],
         started: float,
-        before_upstream: float,
-        out_headers: dict[str, str],
+        sent: float,
     ) -> web.StreamResponse:
+        """Write the upstream's SSE chunks to the client as they arrive; keep only the tail for usage."""
         metrics = self.state.metrics
         reply = web.StreamResponse(
-            headers={**out_headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await reply.prepare(request)
         tail = b""
         events = 0
         first = True
         status = "200"
-        upstream_started = time.perf_counter()
         try:
             async for chunk in response.aiter_raw():
                 if first:
@@ -473,30 +452,28 @@ class Handlers:
             }
             with contextlib.suppress(ConnectionError, RuntimeError):  # the client may be gone too
                 await reply.write(b"data: " + json.dumps(message).encode() + b"\n\n")
-        finally:
-            upstream_time = time.perf_counter() - upstream_started
+        metrics.upstream_latency.labels(tier).observe(time.perf_counter() - sent)
         usage = cost.usage_from_sse(tail)
         if usage is None:  # one streamed event is about one token; drop the role and [DONE] events
-            usage = cost.Usage(estimate_tokens(len(text)), max(0, events - 2), estimated=True)
-        self._account(snap, tier, team, feature, usage)
-        metrics.requests.labels(tier, team, feature, reason, status).inc()
-        metrics.upstream_latency.labels(tier).observe(upstream_time)
+            usage = cost.Usage(estimate_tokens(len(call.text)), max(0, events - 2), estimated=True)
+        self._account(snap, call, tier, usage)
+        metrics.requests.labels(tier, call.team, call.feature, reason, status).inc()
         with contextlib.suppress(ConnectionError, RuntimeError):  # the client went away: nothing to tell
             await reply.write_eof()
-        metrics.overhead.observe(before_upstream)
+        metrics.overhead.observe(sent - started)
         return reply
 
-    def _account(self, snap: Snapshot, tier: str, team: str, feature: str, usage: cost.Usage) -> None:
+    def _account(self, snap: Snapshot, call: Call, tier: str, usage: cost.Usage) -> None:
         metrics = self.state.metrics
         spent = snap.prices[tier].cost(usage.input_tokens, usage.output_tokens)
         baseline = snap.baseline.cost(usage.input_tokens, usage.output_tokens) if snap.baseline else spent
         metrics.tokens.labels(tier, "input").inc(usage.input_tokens)
         metrics.tokens.labels(tier, "output").inc(usage.output_tokens)
-        metrics.cost.labels(tier, team, feature).inc(spent)
-        metrics.baseline_cost.labels(tier, team, feature).inc(baseline)
+        metrics.cost.labels(tier, call.team, call.feature).inc(spent)
+        metrics.baseline_cost.labels(tier, call.team, call.feature).inc(baseline)
         if usage.estimated:
             metrics.estimated.labels(tier).inc()
-        self.state.ledger.add((tier, team, feature), usage, spent, baseline)
+        self.state.ledger.add((tier, call.team, call.feature), usage, spent, baseline)
 
     def _authorized(self, request: web.Request) -> bool:
         keys = self.state.snapshot.keys
@@ -504,16 +481,12 @@ class Handlers:
 
     async def models(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
-            return error_response(
-                401, "missing or invalid API key", "authentication_error", "invalid_api_key"
-            )
+            return error_response(401, *UNAUTHORIZED)
         return web.Response(body=self.state.snapshot.models, content_type="application/json")
 
     async def costs(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
-            return error_response(
-                401, "missing or invalid API key", "authentication_error", "invalid_api_key"
-            )
+            return error_response(401, *UNAUTHORIZED)
         summary = self.state.ledger.summary(self.state.snapshot.config.baseline)
         return web.json_response(summary)
 

@@ -8,6 +8,7 @@ that building the `tiered` CLI parser stays cheap.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 
@@ -41,6 +42,9 @@ def router(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"tiered router: invalid config: {error}", file=sys.stderr)
         return 2
+    # Everything allocated so far (modules, config) lives for the whole process: keep it out of the
+    # collector's scans so collections on the request path stay short.
+    gc.freeze()
     try:
         import uvloop  # measured: a little more throughput on the same core; optional
 

@@ -180,6 +180,12 @@ def test_api_keys_401_and_team_from_key(router_fakes: dict[str, FakeUpstream], t
         )
         assert (raw.headers["x-tiered-tier"], raw.headers["x-tiered-reason"]) == ("small", "private")
         assert httpx.get(f"{rt.url}/v1/tiered/costs").status_code == 401
+        # The key file is reloaded when it changes, like the config.
+        keys.write_text("keys:\n  - {key: sk-new, team: new}\n")
+        rt.wait_metric("tiered_router_config_reloads_total", 1)
+        assert client(rt, "sk-new").models.list().data
+        with pytest.raises(openai.AuthenticationError):
+            client(rt, "sk-legal").models.list()
 
 
 def test_open_router_logs_loudly(router_reset: Router) -> None:
@@ -197,3 +203,13 @@ def test_connect_error_falls_back(router_reset: Router, router_fakes: dict[str, 
         )
         == 1
     )
+
+
+def test_upstream_client_errors_pass_through_without_fallback(
+    router_reset: Router, router_fakes: dict[str, FakeUpstream]
+) -> None:
+    router_fakes["small"].mode("fail", status=422, times=1)
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        ask(router_reset)
+    assert caught.value.response.headers["x-tiered-tier"] == "small"
+    assert router_fakes["edge"].requests == 0
