@@ -31,10 +31,11 @@ Not emulated: authn/authz, admission webhooks, field managers, protobuf, paginat
 everything), conversion between CRD versions (objects are shared, only `apiVersion` is rewritten),
 controllers (no pods behind Deployments), namespace existence checks.
 
-Throughput (tests/bed.py `--bench`, 500 custom resources, one client process, 2 shared cores):
-GET ≈ see BENCH below; plain kmock 0.8 decays to ~50 GET/s because its root matches every request
-against the whole request history — here resource requests bypass the matcher and the kmock-served
-routes keep only in-flight requests.
+Throughput (`python tests/bed.py --bench`: 500 custom resources, 16 concurrent aiohttp clients in another
+process, 2 cores shared with other work, validation off): 3,300-3,900 GET/s and 2,300-3,600 merge-PATCH/s.
+Plain kmock 0.8 decays to ~50 GET/s because its root matches every request against the whole request
+history: here resource requests bypass that matcher, and the routes kmock still serves keep only their
+in-flight requests.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CRD_PATHS = (REPO_ROOT / "crds", REPO_ROOT.parent / "shared" / "kuberay" / "ray.io_rayservices.yaml")
 VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
-EVENT_LOG_SIZE = 20_000
+EVENT_LOG_SIZE = 10_000  # events kept for watches that resume from a resourceVersion
 
 
 class ApiError(Exception):
@@ -295,47 +296,49 @@ _REQUIREMENT = re.compile(
 )
 
 
-def parse_selector(text: str) -> Callable[[dict[str, str]], bool]:
-    """A label/field selector string → a predicate on a flat {key: value} mapping."""
-    checks: list[Callable[[dict[str, str]], bool]] = []
+Requirement = tuple[str, str, frozenset[str]]  # (operator, key, values)
+
+
+def parse_selector(text: str) -> list[Requirement]:
+    """A label or field selector: `a=b,c!=d,e in (f,g),h notin (i),j,!k`."""
+    requirements: list[Requirement] = []
     pos, text = 0, text.strip()
     while pos < len(text):
         match = _REQUIREMENT.match(text, pos)
         if not match or match.end() == pos:
             raise ApiError(400, "BadRequest", f"unable to parse requirement: {text[pos:]!r}")
         pos = match.end()
-        key, op, value = match["key"], match["op"], match["value"]
         if match["set"]:
-            values = {v.strip() for v in match["values"].split(",")}
-            present = match["set"] == "in"
-            checks.append(lambda d, k=key, vs=values, p=present: (d.get(k) in vs) == p)
-        elif op in ("=", "=="):
-            checks.append(lambda d, k=key, v=value: d.get(k) == v)
-        elif op == "!=":
-            checks.append(lambda d, k=key, v=value: d.get(k) != v)
+            values = frozenset(v.strip() for v in match["values"].split(","))
+            requirements.append((match["set"], match["key"], values))
+        elif match["op"]:
+            op = "notin" if match["op"] == "!=" else "in"
+            requirements.append((op, match["key"], frozenset([match["value"]])))
         else:
-            checks.append(lambda d, k=key, neg=bool(match["neg"]): (k in d) != neg)
-    return lambda d: all(check(d) for check in checks)
+            requirements.append(("absent" if match["neg"] else "present", match["key"], frozenset()))
+    return requirements
 
 
-class _Fields(dict[str, str]):
-    """An object's fields by dotted path, looked up lazily (for field selectors)."""
+def selects(requirements: list[Requirement], get: Callable[[str], str | None]) -> bool:
+    for op, key, values in requirements:
+        value = get(key)
+        if op == "present":
+            ok = value is not None
+        elif op == "absent":
+            ok = value is None
+        else:
+            ok = (value in values) == (op == "in")
+        if not ok:
+            return False
+    return True
 
-    def __init__(self, obj: Obj) -> None:
-        super().__init__()
-        self.obj = obj
 
-    def __missing__(self, key: str) -> str:
-        value: Any = self.obj
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        return "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        return self[key]
-
-    def __contains__(self, key: object) -> bool:
-        return True
+def field(obj: Obj, path: str) -> str | None:
+    """A field by dotted path as a selector sees it (`spec.x.y`), or None."""
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return None if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 _JSONPATH_TOKEN = re.compile(
@@ -366,10 +369,11 @@ def jsonpath(obj: Any, expr: str) -> list[Any]:
                     found.append(value[int(match["index"])])
             elif match["fkey"]:
                 for item in value if isinstance(value, list) else []:
-                    if str(_Fields(item)[match["fkey"]]) == match["fvalue"]:
+                    if isinstance(item, dict) and field(item, match["fkey"]) == match["fvalue"]:
                         found.append(item)
             else:  # [*] or .*
-                found += list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else []
+                found += list(value.values()) if isinstance(value, dict) else list(value) if isinstance(
+                    value, list) else []
         values = found
     return values
 
@@ -416,7 +420,7 @@ def table(kind: Kind, objs: list[Obj], include: str, resource_version: str) -> O
     age_column = not any(c["jsonPath"].strip() == ".metadata.creationTimestamp" for c in columns)
     definitions = [{"name": "Name", "type": "string", "format": "name", "priority": 0,
                     "description": "Name must be unique within a namespace."}]
-    definitions += [{"name": c["name"], "type": "string" if c.get("type") == "date" else c.get("type", "string"),
+    definitions += [{"name": c["name"], "type": "string" if c.get("type") in (None, "date") else c["type"],
                      "format": c.get("format", ""), "description": c.get("description", ""),
                      "priority": c.get("priority", 0)} for c in columns]
     if age_column:
@@ -443,8 +447,8 @@ def table(kind: Kind, objs: list[Obj], include: str, resource_version: str) -> O
             row["object"] = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
                              "metadata": obj["metadata"]}
         rows.append(row)
-    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": resource_version},
-            "columnDefinitions": definitions, "rows": rows}
+    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "columnDefinitions": definitions, "rows": rows,
+            "metadata": {"resourceVersion": resource_version}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -496,18 +500,19 @@ class Call:
 # kubectl's `create namespace|configmap|secret|serviceaccount` generators send protobuf, not JSON. Decoded
 # here just enough for those four kinds (other protobuf bodies get a 415 that says to use `kubectl apply`).
 PROTOBUF_MAGIC = b"k8s\x00"
-_PB_META: Obj = {1: "name", 2: "generateName", 3: "namespace", 11: ("labels", "map"),
+_PB_META: dict[int, Any] = {1: "name", 2: "generateName", 3: "namespace", 11: ("labels", "map"),
                  12: ("annotations", "map"), 14: ("finalizers", "list")}
-_PB_KINDS: dict[str, Obj] = {
+_PB_KINDS: dict[str, dict[int, Any]] = {
     "Namespace": {1: ("metadata", _PB_META)},
     "ServiceAccount": {1: ("metadata", _PB_META)},
-    "ConfigMap": {1: ("metadata", _PB_META), 2: ("data", "map"), 3: ("binaryData", "bytes-map"), 4: ("immutable", "bool")},
-    "Secret": {1: ("metadata", _PB_META), 2: ("data", "bytes-map"), 3: ("type", "str"), 4: ("stringData", "map"),
-               5: ("immutable", "bool")},
+    "ConfigMap": {1: ("metadata", _PB_META), 2: ("data", "map"), 3: ("binaryData", "bytes-map"),
+                  4: ("immutable", "bool")},
+    "Secret": {1: ("metadata", _PB_META), 2: ("data", "bytes-map"), 3: ("type", "str"),
+               4: ("stringData", "map"), 5: ("immutable", "bool")},
 }
 
 
-def _pb_fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
+def _pb_fields(data: bytes) -> Iterator[tuple[int, Any]]:
     """Protobuf wire format: (field number, varint or bytes) pairs."""
     def varint(i: int) -> tuple[int, int]:
         value = shift = 0
@@ -519,7 +524,7 @@ def _pb_fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
     i = 0
     while i < len(data):
         key, i = varint(i)
-        value: int | bytes
+        value: Any
         if key & 7 == 0:
             value, i = varint(i)
         elif key & 7 == 2:
@@ -531,34 +536,35 @@ def _pb_fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
         yield key >> 3, value
 
 
-def _pb_decode(data: bytes, schema: Obj) -> Obj:
+def _pb_decode(data: bytes, schema: dict[int, Any]) -> Obj:
     out: Obj = {}
     for number, value in _pb_fields(data):
         name, kind = schema[number] if isinstance(schema.get(number), tuple) else (schema.get(number), "str")
         if name is None:
             continue
         if isinstance(kind, dict):
-            out[name] = _pb_decode(value, kind)  # type: ignore[arg-type]
+            out[name] = _pb_decode(value, kind)
         elif kind in ("map", "bytes-map"):
-            entry = dict(_pb_fields(value))  # type: ignore[arg-type]
-            key, item = entry.get(1, b"").decode(), entry.get(2, b"")  # type: ignore[union-attr]
-            out.setdefault(name, {})[key] = base64.b64encode(item).decode() if kind == "bytes-map" else item.decode()
+            entry = dict(_pb_fields(value))
+            key, item = entry.get(1, b"").decode(), entry.get(2, b"")
+            text = base64.b64encode(item).decode() if kind == "bytes-map" else item.decode()
+            out.setdefault(name, {})[key] = text
         elif kind == "list":
-            out.setdefault(name, []).append(value.decode())  # type: ignore[union-attr]
+            out.setdefault(name, []).append(value.decode())
         elif kind == "bool":
             out[name] = bool(value)
         elif value:  # proto2 encodes empty strings; JSON omits them
-            out[name] = value.decode()  # type: ignore[union-attr]
+            out[name] = value.decode()
     return out
 
 
 def decode_protobuf(body: bytes) -> Obj:
     envelope = dict(_pb_fields(body[len(PROTOBUF_MAGIC):]))
-    type_meta = dict(_pb_fields(envelope.get(1, b"")))  # type: ignore[arg-type]
-    api_version, kind = (type_meta.get(n, b"").decode() for n in (1, 2))  # type: ignore[union-attr]
+    type_meta = dict(_pb_fields(envelope.get(1, b"")))
+    api_version, kind = (type_meta.get(n, b"").decode() for n in (1, 2))
     if kind not in _PB_KINDS:
-        raise ApiError(415, "UnsupportedMediaType", f"the emulator reads protobuf only for {', '.join(_PB_KINDS)}"
-                                                    f", not {kind}: send JSON (e.g. `kubectl apply -f`)")
+        raise ApiError(415, "UnsupportedMediaType", f"the emulator reads protobuf only for "
+                       f"{', '.join(_PB_KINDS)}, not {kind}: send JSON (e.g. `kubectl apply -f`)")
     return {"apiVersion": api_version, "kind": kind, **_pb_decode(envelope.get(2, b""), _PB_KINDS[kind])}
 
 
@@ -572,7 +578,8 @@ def parse_path(path: str) -> tuple[str, str, str | None, str | None, str | None,
     else:
         return None
     namespace = None
-    if rest[0] == "namespaces" and len(rest) >= 3 and not (len(rest) == 3 and rest[2] in ("status", "finalize")):
+    namespace_subresource = len(rest) == 3 and rest[2] in ("status", "finalize")  # /namespaces/NAME/status
+    if rest[0] == "namespaces" and len(rest) >= 3 and not namespace_subresource:
         namespace, rest = rest[1], rest[2:]
     if len(rest) > 3:
         return None
@@ -596,7 +603,7 @@ class Emulator(kmock.KubernetesEmulator):
     _log: collections.deque[Event] = attrs.field(
         factory=lambda: collections.deque(maxlen=EVENT_LOG_SIZE), init=False)
     _compacted_rv: int = attrs.field(default=0, init=False)
-    _watchers: dict[tuple[str, str], set[asyncio.Queue[Event]]] = attrs.field(
+    _watchers: dict[tuple[str, str], set[asyncio.Queue[Event | None]]] = attrs.field(
         factory=lambda: collections.defaultdict(set), init=False)
     counts: collections.Counter[tuple[str, str, str]] = attrs.field(factory=collections.Counter, init=False)
 
@@ -608,7 +615,7 @@ class Emulator(kmock.KubernetesEmulator):
         self["get /openapi/v3"] << self._serve_openapi_root
         self["get", re.compile(r"/openapi/v3/.+")] << self._serve_openapi_group_version
         self["get /_emulator/requests"] << (lambda: self.request_counts())
-        self["post /_emulator/requests/reset"] << (lambda: self.reset_counts() or {"reset": True})
+        self["post /_emulator/requests/reset"] << self._serve_reset
         for kind in BUILTIN_KINDS:
             self._register(kind)
         crds = list(self.crds) + load_crds(self.crd_paths)
@@ -627,8 +634,9 @@ class Emulator(kmock.KubernetesEmulator):
             return await super().__call__(raw)  # discovery, health, /_emulator, 404s: kmock's routes
         group, version, namespace, plural, name, subresource = parsed
         kind = self._kinds.get((group, version, plural or ""))
-        verb = {"GET": "list" if name is None else "get", "POST": "create", "PUT": "update", "PATCH": "patch",
-                "DELETE": "deletecollection" if name is None else "delete"}.get(raw.method, raw.method.lower())
+        verbs = {"GET": "list" if name is None else "get", "POST": "create", "PUT": "update",
+                 "PATCH": "patch", "DELETE": "deletecollection" if name is None else "delete"}
+        verb = verbs.get(raw.method) or raw.method.lower()
         params = dict(raw.query)
         if verb in ("get", "list") and params.get("watch") in ("true", "1"):
             verb = "watch"
@@ -660,7 +668,8 @@ class Emulator(kmock.KubernetesEmulator):
         if isinstance(exc, ApiError):
             return aiohttp.web.json_response(exc.status(), status=exc.code)
         if isinstance(exc, kmock.KubernetesError):
-            error = ApiError(exc.status, "NotFound" if exc.status == 404 else str(exc.reason), str(exc.message))
+            reason = "NotFound" if exc.status == 404 else str(exc.reason)
+            error = ApiError(exc.status, reason, str(exc.message))
             return aiohttp.web.json_response(error.status(), status=exc.status)
         return await super()._render_error(exc)
 
@@ -725,7 +734,7 @@ class Emulator(kmock.KubernetesEmulator):
             elif content_type in ("application/strategic-merge-patch+json", "application/apply-patch+yaml"):
                 result = strategic_merge_patch(current, data)
             else:
-                raise ApiError(415, "UnsupportedMediaType", f"the content type {content_type!r} is not supported")
+                raise ApiError(415, "UnsupportedMediaType", f"content type {content_type!r} is not supported")
         except PatchError as error:
             raise ApiError(422, "Invalid", str(error)) from error
         if not isinstance(result, dict):
@@ -808,7 +817,8 @@ class Emulator(kmock.KubernetesEmulator):
             if old_meta.get("deletionTimestamp") and set(new["metadata"].get("finalizers", [])) - set(
                     old_meta.get("finalizers", [])):
                 raise self._invalid(kind, old_meta["name"], [
-                    "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted"])
+                    "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being "
+                    "deleted"])
         self._defaults(kind, new)
         new = self._admit(kind, new, old, call)
         if new == old:
@@ -831,8 +841,9 @@ class Emulator(kmock.KubernetesEmulator):
         if dry_run or meta.get("deletionTimestamp"):
             return self._out(kind, obj)
         if meta.get("finalizers"):
-            new = {**obj, "metadata": {**meta, "deletionTimestamp": now_iso(), "deletionGracePeriodSeconds": 0,
-                                       "generation": meta.get("generation", 1) + 1}}
+            deleting = {"deletionTimestamp": now_iso(), "deletionGracePeriodSeconds": 0,
+                        "generation": meta.get("generation", 1) + 1}
+            new = {**obj, "metadata": {**meta, **deleting}}
             self._commit(kind, "MODIFIED", new, obj)
             return self._out(kind, new)
         orphan = (options.get("propagationPolicy") or params.get("propagationPolicy")) == "Orphan"
@@ -906,7 +917,6 @@ class Emulator(kmock.KubernetesEmulator):
 
     def _register(self, kind: Kind) -> None:
         self._kinds[kind.group, kind.version, kind.plural] = kind
-        self.resources[kmock.resource(kind.group, kind.version, kind.plural)] = {}
 
     def _defaults(self, kind: Kind, obj: Obj) -> None:
         """Server-side defaults of the built-in kinds that clients look at."""
@@ -916,7 +926,8 @@ class Emulator(kmock.KubernetesEmulator):
                 obj["status"] = {"phase": "Active"}
         elif kind.store == ("", "secrets"):
             obj.setdefault("type", "Opaque")
-            encoded = {k: base64.b64encode(str(v).encode()).decode() for k, v in obj.pop("stringData", {}).items()}
+            plain = obj.pop("stringData", {})
+            encoded = {k: base64.b64encode(str(v).encode()).decode() for k, v in plain.items()}
             if encoded:
                 obj["data"] = {**(obj.get("data") or {}), **encoded}
         elif kind.store == ("apiextensions.k8s.io", "customresourcedefinitions"):
@@ -936,9 +947,9 @@ class Emulator(kmock.KubernetesEmulator):
             pruned = self.defaulter(kind.crd, new)
             unknown = unknown_fields(new, pruned)
             if unknown and call is not None and call.params.get("fieldValidation") == "Strict":
-                raise ApiError(400, "BadRequest", f'{kind.kind} in version "{kind.version}" cannot be handled as a '
-                               f"{kind.kind}: strict decoding error: "
-                               + ", ".join(f'unknown field "{field}"' for field in unknown))
+                fields = ", ".join(f'unknown field "{field}"' for field in unknown)
+                raise ApiError(400, "BadRequest", f'{kind.kind} in version "{kind.version}" cannot be '
+                               f"handled as a {kind.kind}: strict decoding error: {fields}")
             new = pruned
         if kind.crd is not None and self.validator is not None:
             messages = self.validator(kind.crd, new, old)
@@ -977,7 +988,8 @@ class Emulator(kmock.KubernetesEmulator):
             meta = obj["metadata"]
             return ((namespace is None or meta.get("namespace") == namespace)
                     and (name is None or meta["name"] == name)
-                    and labels(meta.get("labels") or {}) and fields(_Fields(obj)))
+                    and selects(labels, (meta.get("labels") or {}).get)
+                    and selects(fields, lambda path: field(obj, path)))
 
         return match
 
@@ -1014,7 +1026,7 @@ class Emulator(kmock.KubernetesEmulator):
         else:
             backlog = [e for e in (self._transform(event, match) for event in self._log
                                    if event.rv > int(rv) and event.store == kind.store) if e]
-        queue: asyncio.Queue[Event] = asyncio.Queue()
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()  # None: the server is stopping
         self._watchers[kind.store].add(queue)
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
         loop = asyncio.get_running_loop()
@@ -1035,7 +1047,9 @@ class Emulator(kmock.KubernetesEmulator):
                 await send("BOOKMARK", self._bookmark(kind, initial_end=True))
             next_bookmark = loop.time() + self.bookmark_interval
             while (remaining := deadline - loop.time()) > 0:
-                wait = min(remaining, max(0.0, next_bookmark - loop.time()) if bookmarks else 1.0, 1.0)
+                # A floor on the wait: at 0, wait_for cancels queue.get() before it runs and a busy
+                # watch spins without ever delivering its queued events.
+                wait = min(remaining, max(0.05, next_bookmark - loop.time()) if bookmarks else 1.0, 1.0)
                 try:
                     event = await asyncio.wait_for(queue.get(), timeout=wait)
                 except TimeoutError:
@@ -1045,15 +1059,23 @@ class Emulator(kmock.KubernetesEmulator):
                         await send("BOOKMARK", self._bookmark(kind))
                         next_bookmark = loop.time() + self.bookmark_interval
                     continue
+                if event is None:
+                    break
                 transformed = self._transform(event, match)
                 if transformed:
                     await send(*transformed)
             await response.write_eof()
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError:
             pass
         finally:
             self._watchers[kind.store].discard(queue)
         return response
+
+    def close_watches(self) -> None:
+        """End every open watch (clients reconnect), e.g. before the server stops."""
+        for queues in self._watchers.values():
+            for queue in queues:
+                queue.put_nowait(None)
 
     @staticmethod
     def _transform(event: Event, match: Callable[[Obj], bool]) -> tuple[str, Obj] | None:
@@ -1079,11 +1101,12 @@ class Emulator(kmock.KubernetesEmulator):
         return versions
 
     async def _serve_server_version(self, request: rendering.Request) -> rendering.Payload:
-        return {"major": "1", "minor": "35", "gitVersion": "v1.35.0-tiered-emulator", "platform": "linux/amd64"}
+        return {"major": "1", "minor": "35", "gitVersion": "v1.35.0-emulated", "platform": "linux/amd64"}
 
     async def _serve_api(self, request: rendering.Request) -> rendering.Payload:
+        address = {"clientCIDR": "0.0.0.0/0", "serverAddress": request.url.host}
         return {"kind": "APIVersions", "apiVersion": "v1", "versions": ["v1"],
-                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": request.url.host}]}
+                "serverAddressByClientCIDRs": [address]}
 
     def _group(self, group: str) -> Obj:
         versions = sorted({k.version for k in self._kinds.values() if k.group == group}, key=_version_key)
@@ -1093,22 +1116,27 @@ class Emulator(kmock.KubernetesEmulator):
         crds = [k.crd for k in self._kinds.values() if k.group == group and k.crd is not None]
         stored = [v["name"] for crd in crds[:1] for v in crd["spec"]["versions"] if v.get("storage")]
         preferred = stored[0] if stored else versions[-1]
-        entry = lambda v: {"groupVersion": f"{group}/{v}", "version": v}  # noqa: E731
-        return {"name": group, "versions": [entry(v) for v in reversed(versions)], "preferredVersion": entry(preferred)}
+
+        def entry(version: str) -> Obj:
+            return {"groupVersion": f"{group}/{version}", "version": version}
+
+        return {"name": group, "versions": [entry(v) for v in reversed(versions)],
+                "preferredVersion": entry(preferred)}
 
     async def _serve_apis(self, request: rendering.Request) -> rendering.Payload:
         groups = sorted({k.group for k in self._kinds.values() if k.group})
         return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [self._group(g) for g in groups]}
 
     async def _serve_group(self, request: rendering.Request) -> rendering.Payload:
-        return {"kind": "APIGroup", "apiVersion": "v1", **self._group(request.url.path.strip("/").split("/")[1])}
+        group = request.url.path.strip("/").split("/")[1]
+        return {"kind": "APIGroup", "apiVersion": "v1", **self._group(group)}
 
     async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
         parts = request.url.path.strip("/").split("/")
         group_version = parts[1] if parts[0] == "api" else "/".join(parts[1:3])
         kinds = self._served().get(group_version)
         if not kinds:
-            raise ApiError(404, "NotFound", f"the server could not find the requested resource: {group_version}")
+            raise ApiError(404, "NotFound", f"the server has no resources in {group_version}")
         resources = []
         for kind in sorted(kinds, key=lambda k: k.plural):
             common = {"namespaced": kind.namespaced, "kind": kind.kind}
@@ -1118,17 +1146,19 @@ class Emulator(kmock.KubernetesEmulator):
                 resources.append({"name": f"{kind.plural}/status", "singularName": "", **common,
                                   "verbs": ["get", "patch", "update"]})
             if kind.scale:
-                resources.append({"name": f"{kind.plural}/scale", "singularName": "", **common, "kind": "Scale",
-                                  "group": "autoscaling", "version": "v1", "verbs": ["get", "patch", "update"]})
-        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}
+                resources.append({"name": f"{kind.plural}/scale", "singularName": "", **common,
+                                  "kind": "Scale", "group": "autoscaling", "version": "v1",
+                                  "verbs": ["get", "patch", "update"]})
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+                "resources": resources}
 
     # OpenAPI v3, only as much as kubectl needs to use server-side field validation (`fieldValidation=Strict`)
     # instead of asking for schemas: a PATCH operation per kind that lists the parameter. No schemas.
     async def _serve_openapi_root(self, request: rendering.Request) -> rendering.Payload:
         served = self._served()
         digest = hashlib.sha256(repr(sorted(served)).encode()).hexdigest()[:16]
-        paths = {_gv_path(gv): {"serverRelativeURL": f"/openapi/v3/{_gv_path(gv)}?hash={digest}"} for gv in served}
-        return {"paths": paths}
+        return {"paths": {_gv_path(gv): {"serverRelativeURL": f"/openapi/v3/{_gv_path(gv)}?hash={digest}"}
+                          for gv in served}}
 
     async def _serve_openapi_group_version(self, request: rendering.Request) -> rendering.Payload:
         path = request.url.path.removeprefix("/openapi/v3/")
@@ -1149,12 +1179,17 @@ class Emulator(kmock.KubernetesEmulator):
     # ---- request accounting ----------------------------------------------------------------------
 
     def request_counts(self) -> Obj:
-        counts = [{"verb": v, "resource": r, "subresource": s, "count": n} for (v, r, s), n in sorted(self.counts.items())]
+        counts = [{"verb": v, "resource": r, "subresource": s, "count": n}
+                  for (v, r, s), n in sorted(self.counts.items())]
         return {"counts": counts, "total": sum(self.counts.values()),
                 "writes": sum(n for (v, _, _), n in self.counts.items() if v in WRITE_VERBS)}
 
     def reset_counts(self) -> None:
         self.counts.clear()
+
+    async def _serve_reset(self, request: rendering.Request) -> rendering.Payload:
+        self.reset_counts()
+        return {"reset": True}
 
 
 def unknown_fields(before: Any, after: Any, path: str = "") -> list[str]:
@@ -1169,7 +1204,8 @@ def unknown_fields(before: Any, after: Any, path: str = "") -> list[str]:
                 found += unknown_fields(value, after[key], where)
         return found
     if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
-        return [f for i, (b, a) in enumerate(zip(before, after)) for f in unknown_fields(b, a, f"{path}[{i}]")]
+        pairs = enumerate(zip(before, after, strict=True))
+        return [f for i, (b, a) in pairs for f in unknown_fields(b, a, f"{path}[{i}]")]
     return []
 
 
@@ -1195,7 +1231,7 @@ def default_admission() -> tuple[Validator | None, Defaulter | None]:
         from tiered_operator.crd_validation import apply_defaults, validate_object
     except ImportError:
         return None, None
-    return validate_object, apply_defaults  # type: ignore[return-value]
+    return validate_object, apply_defaults
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1208,7 +1244,8 @@ def write_kubeconfig(path: Path, url: str) -> None:
         "clusters": [{"name": "tiered-emulator", "cluster": {"server": url}}],
         "users": [{"name": "tiered-emulator", "user": {"token": "emulator"}}],
         "contexts": [{"name": "tiered-emulator",
-                      "context": {"cluster": "tiered-emulator", "user": "tiered-emulator", "namespace": "default"}}],
+                      "context": {"cluster": "tiered-emulator", "user": "tiered-emulator",
+                                  "namespace": "default"}}],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
@@ -1219,11 +1256,11 @@ def write_kubeconfig(path: Path, url: str) -> None:
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
     parser.add_argument("--port", type=int, default=0, help="port (0: any free port)")
-    parser.add_argument("--kubeconfig", type=Path, help="where to write the kubeconfig "
-                                                        "(default: a file in the temp dir named after the port)")
+    parser.add_argument("--kubeconfig", type=Path,
+                        help="kubeconfig to write (default: $TMPDIR/tiered-emulator-PORT.kubeconfig)")
     parser.add_argument("--crds", action="append", type=Path, metavar="PATH",
-                        help="CRD file or directory (repeatable; default: the repo's crds/ and KubeRay's RayService)")
-    parser.add_argument("--bookmark-interval", type=float, default=1.0, help="seconds between watch BOOKMARKs")
+                        help="CRD file or directory, repeatable (default: crds/ and KubeRay's RayService)")
+    parser.add_argument("--bookmark-interval", type=float, default=1.0, help="seconds between BOOKMARKs")
     parser.add_argument("--no-validation", action="store_true",
                         help="do not default, prune or validate custom resources against their CRD schema")
 
@@ -1249,10 +1286,12 @@ async def _serve(args: argparse.Namespace, crd_paths: Iterable[Path]) -> None:
                         bookmark_interval=args.bookmark_interval)
     async with emulator, kmock.Server(emulator, host=args.host, port=args.port or None) as server:
         url = f"http://{args.host}:{server.port}"
-        kubeconfig = args.kubeconfig or Path(tempfile.gettempdir()) / f"tiered-emulator-{server.port}.kubeconfig"
+        default = Path(tempfile.gettempdir()) / f"tiered-emulator-{server.port}.kubeconfig"
+        kubeconfig = args.kubeconfig or default
         write_kubeconfig(kubeconfig, url)
         kinds = sorted({f"{k.kind}.{k.group}" for k in emulator._kinds.values() if k.crd is not None})
         print(f"tiered cluster: Kubernetes API emulator at {url} (custom resources: {', '.join(kinds)})\n"
               f"kubeconfig: {kubeconfig}\nexport KUBECONFIG={kubeconfig}", flush=True)
         await stop.wait()
+        emulator.close_watches()
     print("tiered cluster: stopped", file=sys.stderr, flush=True)
