@@ -65,7 +65,7 @@ class Tier(_Model):
     api_key_env: str | None = Field(
         None, description="Environment variable holding the upstream API key (sent as a Bearer token)."
     )
-    pricing: Pricing = Field(default_factory=Pricing)
+    pricing: Pricing = Field(default_factory=Pricing, description="How this tier's tokens are priced.")
     concurrency: int | None = Field(
         None, ge=1, description="Concurrency budget: requests in flight beyond it overflow when bursting."
     )
@@ -117,8 +117,8 @@ class Rule(_Model):
     name: str | None = Field(
         None, description="Shown in x-tiered-reason as `rule:<name>`; default `rule-<i>`."
     )
-    match: Match = Field(default_factory=Match)
-    tier: str
+    match: Match = Field(default_factory=Match, description="Conditions; all given ones must hold.")
+    tier: str = Field(description="Where matching `model: auto` requests go.")
 
 
 class Privacy(_Model):
@@ -151,20 +151,20 @@ class Breaker(_Model):
 class RouterConfig(_Model):
     """Everything the router needs; one file, swapped atomically on reload."""
 
-    tiers: list[Tier] = Field(min_length=1)
+    tiers: list[Tier] = Field(min_length=1, description="Where requests can go; `model` names one of them.")
     default: str = Field(description="Tier for `model: auto` requests no rule matches.")
     baseline: str | None = Field(
         None, description="Tier whose prices measure savings (what this traffic would have cost there)."
     )
-    rules: list[Rule] = Field(default_factory=list)
-    privacy: Privacy = Field(default_factory=Privacy)
+    rules: list[Rule] = Field(default_factory=list, description="For `model: auto`, tried in order.")
+    privacy: Privacy = Field(default_factory=Privacy, description="Which requests must stay local.")
     api_keys_file: str | None = Field(
         None, description="YAML file of API keys mapped to teams; none means open (logged loudly)."
     )
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies get 413.")
     retries: int = Field(1, ge=0, le=2, description="Extra upstream attempts (along the fallback chain).")
-    timeouts: Timeouts = Field(default_factory=Timeouts)
-    breaker: Breaker = Field(default_factory=Breaker)
+    timeouts: Timeouts = Field(default_factory=Timeouts, description="Upstream timeouts.")
+    breaker: Breaker = Field(default_factory=Breaker, description="Per-tier circuit breaker.")
     max_connections: int = Field(256, ge=1, description="Upstream connection pool size (read at start).")
 
     @model_validator(mode="after")

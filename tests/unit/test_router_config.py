@@ -123,3 +123,15 @@ def test_api_keys_file_keeps_hashes_only(tmp_path: Path) -> None:
     path.write_text("keys:\n  - {team: a}\n")
     with pytest.raises(ValueError, match=r"keys\[0\] needs `key`"):
         load_keys(path)
+
+
+def test_every_config_field_is_described_and_documented() -> None:
+    from tiered_router.config import Breaker, Match, Pricing, Privacy, Rule, Tier, Timeouts
+
+    doc = (Path(tiered_router.__file__).parents[2] / "docs" / "router.md").read_text()
+    for model in (RouterConfig, Tier, Pricing, Rule, Match, Privacy, Timeouts, Breaker):
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+            assert f"`{field.alias or name}" in doc or f"{field.alias or name}`" in doc, (
+                f"{model.__name__}.{field.alias or name} is not in docs/router.md"
+            )
