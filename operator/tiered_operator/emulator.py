@@ -678,6 +678,9 @@ class Emulator(kmock.KubernetesEmulator):
         if sub and (sub not in ("status", "scale") or (sub == "status" and not kind.status)
                     or (sub == "scale" and not kind.scale)):
             raise ApiError(404, "NotFound", f"{kind.resource} has no subresource {sub!r}")
+        named = call.verb in ("get", "update", "patch", "delete")
+        if (call.name is None) == named or call.verb not in VERBS:
+            raise ApiError(405, "MethodNotAllowed", f"{call.verb} is not supported on this URL")
         if call.verb == "list":
             objs = self._select(call)
             rv = str(self._rv)
@@ -898,22 +901,17 @@ class Emulator(kmock.KubernetesEmulator):
         return any(o["metadata"].get("uid") == uid for objs in self._store.values() for o in objs.values())
 
     def _crd_changed(self, crd: Obj, type_: str) -> None:
-        for kind in list(self._kinds.values()):
-            if kind.crd is not None and kind.crd["metadata"]["name"] == crd["metadata"]["name"]:
-                del self._kinds[kind.group, kind.version, kind.plural]
-        if type_ == "DELETED":
-            stores = {kind.store for kind in kinds_from_crd(crd)}
-            for store in stores:
-                for obj in list(self._store[store].values()):
-                    self._rv += 1
-                    self._store[store].pop((obj["metadata"].get("namespace"), obj["metadata"]["name"]))
-                    gone = {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(self._rv)}}
-                    event = Event(self._rv, store, "DELETED", gone, obj)
-                    for queue in self._watchers[store]:
-                        queue.put_nowait(event)
-            return
-        for kind in kinds_from_crd(crd):
-            self._register(kind)
+        """(Re-)register the resources of a CRD object; when it goes, its objects go (finalizers or not)."""
+        name = crd["metadata"]["name"]
+        served = [k for k in self._kinds.values() if k.crd is not None and k.crd["metadata"]["name"] == name]
+        if type_ == "DELETED" and served:
+            for obj in list(self._store[served[0].store].values()):
+                self._commit(served[0], "DELETED", copy.copy(obj), obj)
+        for kind in served:
+            del self._kinds[kind.group, kind.version, kind.plural]
+        if type_ != "DELETED":
+            for kind in kinds_from_crd(crd):
+                self._register(kind)
 
     def _register(self, kind: Kind) -> None:
         self._kinds[kind.group, kind.version, kind.plural] = kind

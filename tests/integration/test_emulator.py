@@ -157,6 +157,12 @@ def test_lists_selectors_and_discovery(widgets: EmulatorProcess) -> None:
     assert api("GET", "/api")[1]["versions"] == ["v1"]
     resources = {r["name"] for r in api("GET", "/apis/test.tiered.dev/v1")[1]["resources"]}
     assert resources == {"widgets", "widgets/status", "widgets/scale"}
+    assert api("PUT", WIDGETS, widget("a"))[0] == 405
+
+    # Deleting the CRD deletes its objects and unregisters the resource.
+    crd = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.test.tiered.dev"
+    assert api("DELETE", crd)[0] == 200
+    assert api("GET", WIDGETS)[0] == 404
 
 
 def test_watch_resume_selectors_and_timeout(tmp_path: Path) -> None:
