@@ -35,7 +35,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    settings.batching.worker_limit = 64
+    settings.batching.batch_window = 0.01  # handle each event almost at once; no bursts to merge here
     memo.kube = await Kube.connect()
 
 

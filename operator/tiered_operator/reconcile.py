@@ -174,13 +174,16 @@ def tier_status(
     now: datetime,
 ) -> Outcome:
     """The status a valid tier should have after `action` on its child."""
-    health = rayservice_health(None if action.kind == "create" else actual)
+    health = rayservice_health(actual)
     changing = action.kind != "none"
     if health.ready and not changing:
         progressing = c.Condition(type=c.PROGRESSING, status="False", reason=c.RECONCILED, message="")
     else:
+        # While KubeRay works, keep saying what started it (Creating, Updating…): no write per pass.
+        previous = c.find(existing.get("conditions"), c.PROGRESSING) or {}
+        ongoing = previous.get("reason") if previous.get("status") == "True" else None
         reason = {"create": c.CREATING, "update": c.UPDATING, "rescale": c.RESCALING}.get(
-            action.kind, c.WAITING_FOR_RAYSERVICE
+            action.kind, str(ongoing or c.WAITING_FOR_RAYSERVICE)
         )
         progressing = c.Condition(type=c.PROGRESSING, status="True", reason=reason, message=health.message)
     ready = c.Condition(
@@ -256,8 +259,8 @@ async def reconcile_tier(
     action = child_action(desired, actual)
     meta = desired["metadata"]
     if action.kind == "create":
-        created = await writer.create(RAYSERVICES, desired)
-        if created is None:  # it exists already: the next pass compares it
+        actual = await writer.create(RAYSERVICES, desired)
+        if actual is None:  # it exists already: the next pass compares it
             action = ChildAction("none")
     elif action.kind != "none":
         actual = await writer.patch(

@@ -228,6 +228,15 @@ def _worker_group(
     }
 
 
+# libyaml: the pure-Python codec made YAML most of a reconcile's CPU time.
+def _dump_serve_config(config: dict[str, Any]) -> str:
+    return yaml.dump(config, Dumper=yaml.CSafeDumper, sort_keys=False, width=1000)
+
+
+def _load_serve_config(text: str) -> Any:
+    return yaml.load(text, Loader=yaml.CSafeLoader)
+
+
 def _deployment_options(app: dict[str, Any]) -> list[dict[str, Any]]:
     """The dicts holding `num_replicas` in one serveConfigV2 application."""
     llm_configs = (app.get("args") or {}).get("llm_configs", [])
@@ -236,7 +245,7 @@ def _deployment_options(app: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _without_replica_counts(rayservice: dict[str, Any]) -> dict[str, Any]:
     blank = copy.deepcopy(rayservice)
-    config = yaml.safe_load(blank["spec"]["serveConfigV2"])
+    config = _load_serve_config(blank["spec"]["serveConfigV2"])
     for app in config["applications"]:
         for deployment in _deployment_options(app):
             deployment.pop("num_replicas", None)
@@ -281,7 +290,7 @@ def render_rayservice(tier: InferenceTier, plan: CapacityPlan, replicas: int) ->
         "kind": "RayService",
         "metadata": metadata,
         "spec": {
-            "serveConfigV2": yaml.safe_dump(serve_config(spec, plan, replicas), sort_keys=False, width=1000),
+            "serveConfigV2": _dump_serve_config(serve_config(spec, plan, replicas)),
             "rayClusterConfig": {
                 "rayVersion": spec.ray_version,
                 "headGroupSpec": _head_group(image),
@@ -296,7 +305,7 @@ def render_rayservice(tier: InferenceTier, plan: CapacityPlan, replicas: int) ->
 def replica_fields(rayservice: dict[str, Any]) -> dict[str, Any]:
     """The replica counts of a RayService (rendered or read back), for comparing desired with actual."""
     spec = rayservice.get("spec", {})
-    config = yaml.safe_load(spec.get("serveConfigV2") or "{}") or {}
+    config = _load_serve_config(spec.get("serveConfigV2") or "{}") or {}
     serve = [
         deployment.get("num_replicas")
         for app in config.get("applications", [])
