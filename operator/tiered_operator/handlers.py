@@ -15,8 +15,10 @@ from typing import Any
 
 import kopf
 
+from tiered_operator.autoscale import LoopState, autoscale_tick
 from tiered_operator.kube import Kube
-from tiered_operator.model import GROUP, VERSION
+from tiered_operator.metrics import PrometheusSignalSource
+from tiered_operator.model import API_VERSION, GROUP, VERSION
 from tiered_operator.reconcile import Outcome, policy_status, reconcile_tier
 
 TIERS = (GROUP, VERSION, "inferencetiers")
@@ -25,6 +27,8 @@ RAYSERVICES = ("ray.io", "v1", "rayservices")
 MANAGED = {"app.kubernetes.io/managed-by": "tiered"}
 # How often every object is re-reconciled even without events (readiness, drift). Seconds.
 RESYNC_SECONDS = float(os.environ.get("TIERED_RESYNC_SECONDS", "30"))
+# How often autoscaled tiers are checked for being due (each ticks at its autoscaling.intervalSeconds).
+AUTOSCALE_TICK_SECONDS = float(os.environ.get("TIERED_AUTOSCALE_TICK_SECONDS", "5"))
 
 
 @kopf.on.startup()
@@ -37,6 +41,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.client_timeout = 330
     settings.batching.batch_window = 0.01  # handle each event almost at once; no bursts to merge here
     memo.kube = await Kube.connect()
+    prometheus = os.environ.get("TIERED_PROMETHEUS_URL")
+    memo.signals = PrometheusSignalSource(prometheus) if prometheus else None
+    memo.loops = LoopState()
 
 
 @kopf.on.cleanup()
@@ -52,6 +59,11 @@ def rayservices(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tu
 @kopf.index(*TIERS)
 def tier_statuses(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[tuple[str, str], Any]:
     return {(namespace, name): dict(status)}
+
+
+@kopf.index(*POLICIES)
+def policy_bodies(namespace: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return {namespace: dict(body)}
 
 
 def _apply(outcome: Outcome, body: kopf.Body, patch: kopf.Patch) -> None:
@@ -89,3 +101,24 @@ async def policy(
     tiers = {name: status for (ns, name), statuses in tier_statuses.items() if ns == namespace
              for status in statuses}
     _apply(policy_status(body, tiers, datetime.now(UTC)), body, patch)
+
+
+@kopf.timer(*TIERS, interval=AUTOSCALE_TICK_SECONDS, initial_delay=AUTOSCALE_TICK_SECONDS,
+            when=lambda spec, **_: spec.get("autoscaling", {}).get("enabled", True))
+async def autoscale(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, rayservices: kopf.Index[Any, Any],
+    policy_bodies: kopf.Index[str, Any], **_: Any
+) -> None:
+    namespace = body.metadata.namespace
+    result = await autoscale_tick(
+        body, _one(rayservices, (namespace, body.metadata.name)), list(policy_bodies.get(namespace, [])),
+        memo.signals, memo.loops, memo.kube, datetime.now(UTC).timestamp())
+    if result is None:
+        return
+    _apply(result.tier, body, patch)
+    for change in result.policies:
+        await memo.kube.patch_status("routingpolicies", API_VERSION, change.namespace, change.name,
+                                     {"status": change.status})
+        policy = next(p for p in policy_bodies.get(namespace, []) if p["metadata"]["name"] == change.name)
+        for event in change.events:
+            kopf.event(policy, type=event.type, reason=event.reason, message=event.message)

@@ -63,3 +63,12 @@ class Kube:
             group, version, namespace, plural, name, dict(patch), _content_type=MERGE_PATCH
         )
         return patched
+
+    async def patch_status(
+        self, plural: str, api_version: str, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        group, _, version = api_version.partition("/")
+        patched: dict[str, Any] = await self._custom.patch_namespaced_custom_object_status(
+            group, version, namespace, plural, name, dict(patch), _content_type=MERGE_PATCH
+        )
+        return patched

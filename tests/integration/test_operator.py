@@ -186,3 +186,18 @@ def test_deleting_a_tier_removes_its_rayservice(emulator: EmulatorProcess, opera
     policy = eventually(lambda: (p := get(emulator, "rpol", "default"))
                         and condition(p, "Ready").get("reason") == "TiersMissing" and p)
     assert "edge" in condition(policy, "Ready")["message"]
+
+
+def test_kubectl_scale_drives_a_tier_without_autoscaling(
+    emulator: EmulatorProcess, operator: OperatorProcess
+) -> None:
+    apply_examples(emulator)  # edge: autoscaling off, replicas 1-4
+    eventually(lambda: get(emulator, "rayservice", "edge"))
+    emulator.kubectl("scale", "itier", "edge", "--replicas=3")
+    rayservice = eventually(lambda: (r := get(emulator, "rayservice", "edge"))
+                            and serve_config(r)["deployments"][0]["num_replicas"] == 3 and r)
+    assert rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] == 3
+    tier = eventually(lambda: (t := get(emulator, "itier", "edge")) and t["status"]["replicas"]["desired"] == 3 and t)
+    assert tier["spec"]["replicas"]["desired"] == 3
+    result = emulator.kubectl("scale", "itier", "edge", "--replicas=9", check=False)
+    assert result.returncode != 0 and "replicas.desired must lie between" in result.stderr
