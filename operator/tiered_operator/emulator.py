@@ -208,12 +208,61 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+# Lists that strategic merge patch merges by key (common ones of built-in kinds); other lists are replaced.
+SMP_MERGE_KEYS = {"containers": "name", "initContainers": "name", "ephemeralContainers": "name",
+                  "volumes": "name", "env": "name", "volumeMounts": "mountPath", "imagePullSecrets": "name",
+                  "ports": "containerPort|port", "conditions": "type", "ownerReferences": "uid"}
+SMP_SET_LISTS = {"finalizers"}
+
+
 def strategic_merge_patch(target: Any, patch: Any) -> Any:
-    """Strategic merge patch as a merge patch: `$`-directives are dropped, lists are replaced."""
-    if isinstance(patch, dict):
-        return merge_patch(target, {k: strategic_merge_patch(None, v) if isinstance(v, dict) else v
-                                    for k, v in patch.items() if not k.startswith("$")})
-    return patch
+    """Strategic merge patch for built-in kinds: keyed lists merge item by item (`$patch: delete` removes
+    one), `$setElementOrder` orders them, `$deleteFromPrimitiveList` removes values; other lists replace."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) and patch.get("$patch") != "replace" else {}
+    for key, value in patch.items():
+        if key.startswith("$deleteFromPrimitiveList/"):
+            field = key.partition("/")[2]
+            result[field] = [item for item in result.get(field, []) if item not in value]
+        elif key.startswith("$"):
+            continue
+        elif value is None:
+            result.pop(key, None)
+        elif isinstance(value, list) and isinstance(result.get(key), list) and key in SMP_SET_LISTS:
+            result[key] = result[key] + [item for item in value if item not in result[key]]
+        elif isinstance(value, list) and isinstance(result.get(key), list) and key in SMP_MERGE_KEYS:
+            order = patch.get(f"$setElementOrder/{key}")
+            result[key] = _merge_keyed(result[key], value, SMP_MERGE_KEYS[key], order)
+        else:
+            result[key] = strategic_merge_patch(result.get(key), value)
+    return result
+
+
+def _merge_keyed(live: list[Any], patch: list[Any], keys: str, order: list[Obj] | None) -> list[Any]:
+    merged = list(live)
+    for item in patch:
+        key = next((k for k in keys.split("|") if isinstance(item, dict) and k in item), None)
+        if key is None:
+            return [strategic_merge_patch(None, item) for item in patch]  # not keyed: replace
+        same = [i for i, x in enumerate(merged) if isinstance(x, dict) and x.get(key) == item[key]]
+        index = same[0] if same else None
+        if item.get("$patch") == "delete":
+            if index is not None:
+                del merged[index]
+        elif index is None:
+            merged.append(strategic_merge_patch(None, item))
+        else:
+            merged[index] = strategic_merge_patch(merged[index], item)
+    if order:
+        ranks = {json.dumps(entry, sort_keys=True): rank for rank, entry in enumerate(order)}
+
+        def rank(item: Any) -> int:
+            ident = {k: item.get(k) for k in order[0]} if isinstance(item, dict) else item
+            return ranks.get(json.dumps(ident, sort_keys=True), len(ranks))
+
+        merged.sort(key=rank)
+    return merged
 
 
 class PatchError(ValueError):
@@ -734,10 +783,14 @@ class Emulator(kmock.KubernetesEmulator):
                 result = json_patch(current, data)
             elif content_type == "application/merge-patch+json":
                 result = merge_patch(current, data)
-            elif content_type in ("application/strategic-merge-patch+json", "application/apply-patch+yaml"):
+            elif content_type == "application/strategic-merge-patch+json" and call.kind.crd is None:
                 result = strategic_merge_patch(current, data)
+            elif content_type == "application/apply-patch+yaml":
+                result = merge_patch(current, data)
             else:
-                raise ApiError(415, "UnsupportedMediaType", f"content type {content_type!r} is not supported")
+                raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown "
+                               "format - accepted media types include: application/json-patch+json, "
+                               "application/merge-patch+json, application/apply-patch+yaml")
         except PatchError as error:
             raise ApiError(422, "Invalid", str(error)) from error
         if not isinstance(result, dict):

@@ -74,6 +74,24 @@ def test_kubectl_create_generators_and_namespace_deletion(emulator: EmulatorProc
     assert "No resources found" in k("get", "configmaps,secrets", "-A").stderr
 
 
+def test_kubectl_apply_deployment_strategic_merge(emulator: EmulatorProcess) -> None:
+    def deployment(image: str, env: list[dict[str, str]]) -> str:
+        container = {"name": "app", "image": image, "ports": [{"containerPort": 80}], "env": env}
+        return json.dumps({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+                           "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                                    "template": {"metadata": {"labels": {"app": "web"}},
+                                                 "spec": {"containers": [container]}}}})
+
+    emulator.kubectl("apply", "-f", "-", input=deployment("web:1", [{"name": "A", "value": "1"}]))
+    emulator.kubectl("apply", "-f", "-", input=deployment("web:2", [{"name": "B", "value": "2"}]))
+    _, web = emulator.api("GET", "/apis/apps/v1/namespaces/default/deployments/web")
+    container = web["spec"]["template"]["spec"]["containers"][0]
+    assert container == {"name": "app", "image": "web:2", "ports": [{"containerPort": 80}],
+                         "env": [{"name": "B", "value": "2"}]}
+    emulator.kubectl("scale", "deployment", "web", "--replicas=2")
+    assert emulator.api("GET", "/apis/apps/v1/namespaces/default/deployments/web")[1]["spec"]["replicas"] == 2
+
+
 def test_finalizers_and_garbage_collection(widgets: EmulatorProcess) -> None:
     api = widgets.api
     _, owner = api("POST", WIDGETS, {**widget("owner"), "metadata": {"name": "owner", "finalizers": ["x/y"]}})
@@ -119,7 +137,7 @@ def test_generation_and_status_subresource(widgets: EmulatorProcess) -> None:
     assert named["metadata"]["name"].startswith("gen-") and named["metadata"]["namespace"] == "default"
 
 
-def test_json_patch_failed_test_is_422(widgets: EmulatorProcess) -> None:
+def test_patch_errors(widgets: EmulatorProcess) -> None:
     api = widgets.api
     api("POST", WIDGETS, widget("j", color="red"))
     ops = [{"op": "test", "path": "/metadata/resourceVersion", "value": "1"},
@@ -131,6 +149,9 @@ def test_json_patch_failed_test_is_422(widgets: EmulatorProcess) -> None:
     ops[0]["value"] = current["metadata"]["resourceVersion"]
     status, obj = api("PATCH", f"{WIDGETS}/j", ops, "application/json-patch+json")
     assert status == 200 and obj["metadata"]["finalizers"] == ["x/y"]
+
+    smp = api("PATCH", f"{WIDGETS}/j", {"spec": {}}, "application/strategic-merge-patch+json")
+    assert smp[0] == 415  # custom resources take no strategic merge patch
 
 
 def test_lists_selectors_and_discovery(widgets: EmulatorProcess) -> None:
