@@ -13,8 +13,11 @@ kmock 0.8 gets most of it wrong for a real client (see ../shared/TESTING.md):
 - `generation` starts at 1 and grows when anything outside `metadata`/`status` changes (and when
   deletion starts, as in Kubernetes); with a `status` subresource, main writes keep `status` and `/status`
   writes change only `status`; `/scale` serves an `autoscaling/v1` Scale from the CRD's paths;
-- PUT with optimistic concurrency (409), PATCH as JSON merge patch, JSON patch (a failed `test` → 422),
-  strategic merge patch (as a merge patch) and server-side apply (as create-or-merge, no field ownership);
+- PUT with optimistic concurrency (409); PATCH as JSON merge patch, JSON patch (a failed `test` → 422),
+  strategic merge patch for built-in kinds (lists merged by the usual keys, 415 for custom resources as in
+  Kubernetes) and server-side apply (as create-or-merge, no field ownership); kubectl's protobuf bodies for
+  namespaces/configmaps/secrets/serviceaccounts; `fieldValidation=Strict` (kubectl's default) rejects
+  fields the CRD schema would prune, via a stub OpenAPI v3 that tells kubectl to validate on the server;
 - lists carry `kind`/`apiVersion`/`resourceVersion`; label selectors (`=`, `==`, `!=`, `in`, `notin`,
   `key`, `!key`) and field selectors (any dotted path, `=`/`!=`); `kubectl get` gets Tables built from
   `additionalPrinterColumns` (plus NAME and AGE);
@@ -24,7 +27,8 @@ kmock 0.8 gets most of it wrong for a real client (see ../shared/TESTING.md):
 - DELETE with finalizers sets `deletionTimestamp`; the object goes when the last finalizer is removed;
   removal garbage-collects dependents whose `ownerReferences` point at the removed `uid`; deleting a
   namespace deletes its contents; applying a CRD object registers (deleting it unregisters) its resources;
-- an optional validator `validate(crd, new, old) -> list[str]` turns messages into 422 `Invalid`;
+- an optional validator `validate(crd, new, old) -> list[str]` turns messages into 422 `Invalid`, and an
+  optional defaulter `(crd, obj) -> obj` prunes and defaults (`tiered cluster` wires in crd_validation's);
 - request counters by (verb, resource, subresource): `GET /_emulator/requests`, `POST .../reset`.
 
 Not emulated: authn/authz, admission webhooks, field managers, protobuf, pagination (`limit` returns

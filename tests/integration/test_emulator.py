@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import threading
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,31 @@ def test_watch_resume_selectors_and_timeout(tmp_path: Path) -> None:
         assert events[0]["type"] == "ADDED" and events[0]["object"]["metadata"]["name"] == "x"
         bookmarks = [e for e in events if e["type"] == "BOOKMARK"]
         assert bookmarks and bookmarks[0]["object"]["metadata"]["resourceVersion"]
+
+
+def test_watch_started_during_writes_misses_nothing(widgets: EmulatorProcess) -> None:
+    names = [f"w{i}" for i in range(150)]
+    started = threading.Event()
+
+    def write() -> None:
+        for i, name in enumerate(names):
+            widgets.api("POST", WIDGETS, widget(name))
+            if i == 30:
+                started.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert started.wait(30)
+        seen: list[str] = []
+        with urllib.request.urlopen(f"{widgets.url}{WIDGETS}?watch=true&timeoutSeconds=30", timeout=40) as stream:
+            for line in stream:
+                seen.append(json.loads(line)["object"]["metadata"]["name"])
+                if len(seen) == len(names):
+                    break
+        assert sorted(seen) == sorted(names)  # each exactly once: as a current object or as a live event
+    finally:
+        writer.join()
 
 
 def test_request_counters(widgets: EmulatorProcess) -> None:
