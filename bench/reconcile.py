@@ -121,7 +121,8 @@ def main() -> int:
 
     print(f"reconcile bench: {args.tiers} InferenceTiers, operator resync every {args.resync_seconds:g} s")
     print(f"  throughput           {args.tiers / elapsed:8.1f} tiers/s   (goal ≥ 150; {elapsed:.2f} s for all)")
-    print(f"  create→child, burst  p50 {statistics.median(latencies):7.1f} ms  p95 {percentile(latencies, 0.95):7.1f} ms"
+    burst = f"p50 {statistics.median(latencies):7.1f} ms  p95 {percentile(latencies, 0.95):7.1f} ms"
+    print(f"  create→child, burst  {burst}"
           f"  (all {args.tiers} created at once: mostly queueing)")
     print(f"  create→child, paced  p50 {statistics.median(paced):7.1f} ms  p95 {percentile(paced, 0.95):7.1f} ms"
           f"  ({args.paced_tiers} tiers at {args.paced_rate:g}/s; goal p95 ≤ 300)")

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psutil
+from tiered_router import fake_upstream
 
 ROOT = Path(__file__).resolve().parents[1]
 LITELLM_VENV = ROOT / ".bench-venv" / "litellm"
@@ -41,66 +44,52 @@ PROXY_CORE, LOAD_CORES = CORES[0], set(CORES[1:] or CORES)
 # ---- processes ------------------------------------------------------------------------------------
 
 
-def pinned(core: int | None) -> dict[str, object]:
-    return {"preexec_fn": (lambda: os.sched_setaffinity(0, {core}))} if core is not None else {}
+@contextlib.contextmanager
+def ours(args: list[str], log: Path, core: int) -> Iterator[tuple[int, str]]:
+    """The fake upstream or the router, pinned to `core`; yields (pid, url)."""
+    proc, url = fake_upstream.spawn(args, log, core)
+    try:
+        yield proc.pid, url
+    finally:
+        fake_upstream.stop(proc)
 
 
 @contextlib.contextmanager
-def process(
-    cmd: list[str],
-    log: Path,
-    core: int | None,
-    env: dict[str, str] | None = None,
-    ready: str | None = None,
-    health: str | None = None,
-    startup: float = 30.0,
-) -> Iterator[tuple[int, str]]:
-    """Start `cmd`; wait for a `listening on URL` line (ready) or a 200 from `health`; yield (pid, url)."""
-    out = log.open("wb")
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE if ready else out,
-        stderr=out,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        **pinned(core),
-    )  # type: ignore[arg-type]
+def litellm_process(binary: Path, config: Path, port: int, log: Path) -> Iterator[int]:
+    """LiteLLM's proxy pinned to the proxy core, once its liveness endpoint answers; yields its pid."""
+    env = {
+        **os.environ,
+        "LITELLM_MASTER_KEY": LITELLM_KEY,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_LOG": "ERROR",
+    }
+    cmd = [
+        str(binary),
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num_workers",
+        "1",
+    ]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=out, env=env, preexec_fn=lambda: os.sched_setaffinity(0, {PROXY_CORE})
+        )
     try:
-        url = _wait_ready(proc, ready, health, startup, log)
-        yield proc.pid, url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        out.close()
-
-
-def _wait_ready(
-    proc: subprocess.Popen[bytes], ready: str | None, health: str | None, startup: float, log: Path
-) -> str:
-    import httpx
-
-    deadline = time.monotonic() + startup
-    if ready:
-        assert proc.stdout is not None
-        os.set_blocking(proc.stdout.fileno(), False)
-        seen = b""
-        while time.monotonic() < deadline and proc.poll() is None:
-            seen += proc.stdout.read() or b""
-            for line in seen.decode(errors="replace").splitlines():
-                if line.startswith(ready):
-                    return line.split()[-1]
-            time.sleep(0.02)
-    else:
-        assert health is not None
-        while time.monotonic() < deadline and proc.poll() is None:
+        deadline = time.monotonic() + 180  # LiteLLM imports for a long while
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"LiteLLM did not start; log:\n{log.read_text()[-3000:]}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(health, timeout=2).status_code == 200:
-                    return health.rsplit("/", 2)[0] if health.endswith("liveliness") else health
+                if httpx.get(f"http://127.0.0.1:{port}/health/liveliness", timeout=2).status_code == 200:
+                    break
             time.sleep(0.25)
-    raise RuntimeError(f"{proc.args} did not start; log:\n{log.read_text()[-3000:]}")
+        yield proc.pid
+    finally:
+        fake_upstream.stop(proc)
 
 
 # ---- load generator ---------------------------------------------------------------------------------
@@ -292,16 +281,15 @@ def main() -> int:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     results: dict[str, Result | str] = {}
     tmp = Path(tempfile.mkdtemp(prefix="bench-router-"))
-    fake_cmd = [sys.executable, "-m", "tiered_router.fake_upstream", "--fast"]
-    with process(fake_cmd, tmp / "fake.log", min(LOAD_CORES), ready="listening on") as (_, upstream):
+    fake_args = ["-m", "tiered_router.fake_upstream", "--fast"]
+    with ours(fake_args, tmp / "fake.log", min(LOAD_CORES)) as (_, upstream):
         print(f"cores: proxy on {PROXY_CORE}, fake upstream + load generator on {sorted(LOAD_CORES)}")
         results["direct"] = asyncio.run(
             measure(upstream, "/v1/chat/completions", {}, None, sequential, concurrent, seconds)
         )
         config = tmp / "router.yaml"
         config.write_text(json.dumps(router_config(upstream)))
-        router_cmd = [
-            sys.executable,
+        router_args = [
             "-m",
             "tiered_router.server",
             "--config",
@@ -311,18 +299,9 @@ def main() -> int:
             "--log-level",
             "WARNING",
         ]
-        with process(router_cmd, tmp / "router.log", PROXY_CORE, ready="listening on") as (pid, url):
-            results["router"] = asyncio.run(
-                measure(
-                    url,
-                    "/v1/chat/completions",
-                    {"x-tiered-team": "bench"},
-                    pid,
-                    sequential,
-                    concurrent,
-                    seconds,
-                )
-            )
+        with ours(router_args, tmp / "router.log", PROXY_CORE) as (pid, url):
+            path, headers = "/v1/chat/completions", {"x-tiered-team": "bench"}
+            results["router"] = asyncio.run(measure(url, path, headers, pid, sequential, concurrent, seconds))
         binary = None if args.no_litellm else litellm_binary()
         if binary is None:
             results["litellm"] = "unavailable"
@@ -353,38 +332,18 @@ def run_litellm(
             }
         )
     )
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {"LITELLM_MASTER_KEY": LITELLM_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
-    cmd = [
-        str(binary),
-        "--config",
-        str(config),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--num_workers",
-        "1",
-    ]
     try:
-        with process(
-            cmd,
-            tmp / "litellm.log",
-            PROXY_CORE,
-            env=env,
-            startup=180,
-            health=f"http://127.0.0.1:{port}/health/liveliness",
-        ) as (pid, _):
-            # LiteLLM manages ~100 requests/s: bound its phases by time, not by the router's counts.
+        with litellm_process(binary, config, port, tmp / "litellm.log") as pid:
+            # LiteLLM manages ~100 requests/s: its phases end by the time bound, not the router's counts.
+            headers = {"Authorization": f"Bearer {LITELLM_KEY}"}
             return asyncio.run(
                 measure(
                     f"http://127.0.0.1:{port}",
                     "/v1/chat/completions",
-                    {"Authorization": f"Bearer {LITELLM_KEY}"},
+                    headers,
                     pid,
                     min(sequential, 500),
                     concurrent,

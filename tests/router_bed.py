@@ -6,10 +6,7 @@ Every process is started on an ephemeral 127.0.0.1 port and stopped by the fixtu
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,45 +14,7 @@ from typing import Any
 
 import httpx
 import yaml
-
-STARTUP_SECONDS = 20.0
-
-
-def _start(args: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Start a process that prints `listening on URL`; returns it and the URL, or fails with its log."""
-    out = log.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, *args],
-        stdout=subprocess.PIPE,
-        stderr=out,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    deadline = time.monotonic() + STARTUP_SECONDS
-    assert process.stdout is not None
-    os.set_blocking(process.stdout.fileno(), False)
-    buffer = b""
-    while time.monotonic() < deadline:
-        chunk = process.stdout.read()
-        if chunk:
-            buffer += chunk
-            for line in buffer.decode(errors="replace").splitlines():
-                if line.startswith("listening on "):
-                    return process, line.split()[-1]
-        if process.poll() is not None:
-            break
-        time.sleep(0.02)
-    _stop(process)
-    raise AssertionError(f"{args} did not start: {buffer!r} {log.read_text()}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+from tiered_router import fake_upstream
 
 
 class FakeUpstream:
@@ -63,7 +22,7 @@ class FakeUpstream:
 
     def __init__(self, name: str, tmp: Path) -> None:
         self.name = name
-        self.process, self.url = _start(
+        self.process, self.url = fake_upstream.spawn(
             ["-m", "tiered_router.fake_upstream", "--name", name], tmp / f"fake-{name}.log"
         )
         self.base_url = f"{self.url}/v1"
@@ -87,7 +46,7 @@ class FakeUpstream:
 
     def stop(self) -> None:
         self.control.close()
-        _stop(self.process)
+        fake_upstream.stop(self.process)
 
 
 def free_port_url() -> str:
@@ -103,7 +62,7 @@ class Router:
     def __init__(self, config: dict[str, Any], tmp: Path) -> None:
         self.config_path = tmp / "router.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
-        self.process, self.url = _start(
+        self.process, self.url = fake_upstream.spawn(
             [
                 "-m",
                 "tiered_router.server",
@@ -153,7 +112,7 @@ class Router:
 
     def stop(self) -> None:
         self.http.close()
-        _stop(self.process)
+        fake_upstream.stop(self.process)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ class Kube:
     async def connect(cls) -> Kube:
         """From the in-cluster service account, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
         try:
-            config.load_incluster_config()
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
             api = client.ApiClient()
         except config.ConfigException:
             configuration = client.Configuration()
@@ -60,7 +60,7 @@ class Kube:
     ) -> dict[str, Any]:
         group, _, version = api_version.partition("/")
         patched: dict[str, Any] = await self._custom.patch_namespaced_custom_object(
-            group, version, namespace, plural, name, dict(patch), _content_type=MERGE_PATCH
+            group, version, namespace, plural, name, dict(patch), _content_type=MERGE_PATCH  # type: ignore[call-arg]
         )
         return patched
 
@@ -69,6 +69,6 @@ class Kube:
     ) -> dict[str, Any]:
         group, _, version = api_version.partition("/")
         patched: dict[str, Any] = await self._custom.patch_namespaced_custom_object_status(
-            group, version, namespace, plural, name, dict(patch), _content_type=MERGE_PATCH
+            group, version, namespace, plural, name, dict(patch), _content_type=MERGE_PATCH  # type: ignore[call-arg]
         )
         return patched

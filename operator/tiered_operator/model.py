@@ -168,7 +168,9 @@ class AutoscalingSpec(Spec):
 class PricingSpec(Spec):
     """What a self-hosted replica costs; tokens are priced from it by measured throughput."""
 
-    gpu_hour_usd: float = Field(default=0, ge=0, alias="gpuHourUSD", description="Price of one GPU (or CPU node) for an hour.")
+    gpu_hour_usd: float = Field(
+        default=0, ge=0, alias="gpuHourUSD", description="Price of one GPU (or CPU node) for an hour."
+    )
 
 
 class InferenceTierSpec(Spec):
@@ -347,7 +349,10 @@ class RoutingPolicySpec(Spec):
             ("self.default in " + TIER_NAMES, "default must name one of the tiers"),
             ("!has(self.baseline) || self.baseline in " + TIER_NAMES, "baseline must name one of the tiers"),
             ("self.tiers.all(t, self.tiers.exists_one(u, u.name == t.name))", "tier names must be unique"),
-            ("!has(self.rules) || self.rules.all(r, r.tier in " + TIER_NAMES + ")", "every rule's tier must name one of the tiers"),
+            (
+                "!has(self.rules) || self.rules.all(r, r.tier in " + TIER_NAMES + ")",
+                "every rule's tier must name one of the tiers",
+            ),
             (
                 "self.tiers.all(t, !has(t.fallback) || t.fallback.all(f, f in " + TIER_NAMES + "))",
                 "every fallback must name one of the tiers",

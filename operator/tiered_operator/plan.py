@@ -80,7 +80,7 @@ def replica_memory_gib(spec: InferenceTierSpec) -> tuple[float, float, float]:
 def _quantize_hint(spec: InferenceTierSpec, need: float, usable: float) -> str:
     if spec.model.bits <= 4:
         return "use a larger accelerator or a smaller model"
-    weights, kv, overhead = replica_memory_gib(spec)
+    weights, kv, _ = replica_memory_gib(spec)
     at_4_bits = weights * 4 / spec.model.bits
     total_4 = at_4_bits + kv + RUNTIME_BASE_GIB + RUNTIME_SHARE_OF_WEIGHTS * at_4_bits
     return f"quantize to 4 bits (~{total_4:.0f} GiB)" if total_4 <= usable else "use a smaller model"

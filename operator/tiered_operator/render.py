@@ -14,6 +14,7 @@ import copy
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -302,7 +303,7 @@ def render_rayservice(tier: InferenceTier, plan: CapacityPlan, replicas: int) ->
     return rayservice
 
 
-def replica_fields(rayservice: dict[str, Any]) -> dict[str, Any]:
+def replica_fields(rayservice: Mapping[str, Any]) -> dict[str, Any]:
     """The replica counts of a RayService (rendered or read back), for comparing desired with actual."""
     spec = rayservice.get("spec", {})
     config = _load_serve_config(spec.get("serveConfigV2") or "{}") or {}

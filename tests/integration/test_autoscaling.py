@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import yaml
 from bed import EmulatorProcess, OperatorProcess, eventually, running_operator
-
 from tiered_operator.devstack.dcgm_exporter import DcgmExporter, gpu
 from tiered_operator.devstack.prometheus import Prometheus
 from tiered_operator.render import SPEC_HASH_ANNOTATION

@@ -9,7 +9,6 @@ from typing import Any
 
 import yaml
 from bed import EmulatorProcess, OperatorProcess, eventually
-
 from tiered_operator.commands import render_documents
 from tiered_operator.crd_validation import apply_defaults
 from tiered_operator.render import SPEC_HASH_ANNOTATION

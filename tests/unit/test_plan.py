@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from tiered_operator.model import InferenceTierSpec
 from tiered_operator.plan import PlanError, plan_capacity, replica_memory_gib
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from tiered_operator import conditions as c
 from tiered_operator.reconcile import (
     ChildAction,
@@ -50,10 +49,7 @@ async def converge(body: dict[str, Any], actual: dict[str, Any] | None, writer: 
     outcome = await reconcile_tier(body, actual, writer, NOW, **kwargs)
     body = {**body, "status": {**(body.get("status") or {}), **outcome.status_patch}}
     for verb, obj in writer.writes:
-        if verb == "create":
-            actual = obj
-        else:
-            actual = _merge(copy.deepcopy(actual), obj)
+        actual = obj if verb == "create" else _merge(copy.deepcopy(actual), obj)
     writer.writes.clear()
     return body, actual
 
@@ -82,7 +78,7 @@ async def test_replica_and_model_changes() -> None:
     body["spec"]["replicas"]["min"] = 5
     outcome = await reconcile_tier(body, actual, writer, NOW)
     assert outcome.action == "rescale"
-    (verb, patch), = writer.writes
+    ((_, patch),) = writer.writes
     assert set(patch["spec"]) == {"serveConfigV2", "rayClusterConfig"}
     assert "num_replicas: 5" in patch["spec"]["serveConfigV2"]
     writer.writes.clear()

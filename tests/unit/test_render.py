@@ -10,7 +10,6 @@ import jsonschema
 import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
-
 from tiered_operator.commands import render_documents
 from tiered_operator.model import InferenceTier
 from tiered_operator.objects import Skipped, load_file
