@@ -31,9 +31,9 @@ kmock 0.8 gets most of it wrong for a real client (see ../shared/TESTING.md):
   optional defaulter `(crd, obj) -> obj` prunes and defaults (`tiered cluster` wires in crd_validation's);
 - request counters by (verb, resource, subresource): `GET /_emulator/requests`, `POST .../reset`.
 
-Not emulated: authn/authz, admission webhooks, field managers, protobuf, pagination (`limit` returns
-everything), conversion between CRD versions (objects are shared, only `apiVersion` is rewritten),
-controllers (no pods behind Deployments), namespace existence checks.
+Not emulated (docs/emulator.md has the list): authn/authz, admission webhooks, field managers, other
+protobuf bodies, pagination (`limit` returns everything), conversion between CRD versions (objects are
+shared, only `apiVersion` is rewritten), controllers (no pods behind Deployments), namespace existence.
 
 Throughput (`python tests/bed.py --bench`: 500 custom resources, 16 concurrent aiohttp clients in another
 process, 2 cores shared with other work, validation off): 3,300-3,900 GET/s and 2,300-3,600 merge-PATCH/s.
@@ -424,9 +424,10 @@ def jsonpath(obj: Any, expr: str) -> list[Any]:
                 for item in value if isinstance(value, list) else []:
                     if isinstance(item, dict) and field(item, match["fkey"]) == match["fvalue"]:
                         found.append(item)
-            else:  # [*] or .*
-                found += list(value.values()) if isinstance(value, dict) else list(value) if isinstance(
-                    value, list) else []
+            elif isinstance(value, dict):  # [*] or .*
+                found += list(value.values())
+            elif isinstance(value, list):
+                found += value
         values = found
     return values
 
