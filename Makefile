@@ -30,7 +30,7 @@ $(STAMPS)/prometheus:
 	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 	@command -v prometheus >/dev/null && touch $@
 
-test: setup ## run all tests (unit, integration, e2e)
+test: lint ## lint, then run all tests (unit, integration, e2e)
 	$(VPY) -m pytest -q -p no:cacheprovider
 
 lint: setup ## ruff, mypy (strict on pure modules), import-linter
@@ -46,8 +46,8 @@ bench: setup ## print performance numbers
 	$(VPY) bench/burst_timing.py
 	$(VPY) bench/router.py
 
-demo: setup ## run the local stack: emulator, operator, examples
-	$(VPY) -m tiered_operator.demo
+demo: setup ## run the local stack: emulator, Prometheus, operator, examples; ARGS=--keep leaves it up
+	$(VPY) -m tiered_operator.demo $(ARGS)
 
 clean: ## remove installed tools and caches
 	rm -rf $(VENV) $(BIN) $(STAMPS)
