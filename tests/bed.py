@@ -36,7 +36,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KUBECTL = REPO_ROOT / ".bin" / "kubectl"
-TIERED = Path(sys.executable).with_name("tiered")
+TIERED = [sys.executable, "-m", "tiered_operator.cli"]  # the `tiered` command, without relying on PATH
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 MERGE = "application/merge-patch+json"
 
@@ -102,7 +102,7 @@ def running_emulator(workdir: Path, extra_args: Sequence[str] = (),
     check_kubectl()
     kubeconfig, log = workdir / "kubeconfig", workdir / "emulator.log"
     with log.open("wb") as out:
-        process = subprocess.Popen([str(TIERED), "cluster", "--port", "0", "--kubeconfig", str(kubeconfig),
+        process = subprocess.Popen([*TIERED, "cluster", "--port", "0", "--kubeconfig", str(kubeconfig),
                                     *extra_args], stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
     try:
         deadline = time.monotonic() + timeout
