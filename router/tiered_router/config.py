@@ -41,12 +41,8 @@ class Pricing(_Model):
     """How a tier's tokens are priced. External tiers: per million tokens. Local tiers: from GPU time."""
 
     input_per_m_tok: float | None = Field(None, ge=0, description="USD per million input tokens (external).")
-    output_per_m_tok: float | None = Field(
-        None, ge=0, description="USD per million output tokens (external)."
-    )
-    gpu_hour_usd: float | None = Field(
-        None, ge=0, alias="gpuHourUSD", description="USD per GPU-hour (local)."
-    )
+    output_per_m_tok: float | None = Field(None, ge=0, description="USD per million output tokens (external).")
+    gpu_hour_usd: float | None = Field(None, ge=0, alias="gpuHourUSD", description="USD per GPU-hour (local).")
     gpus_per_replica: float = Field(1.0, gt=0, description="GPUs one replica holds (local).")
     tokens_per_second: float | None = Field(
         None, gt=0, description="Measured tokens (input + output) one replica serves per second (local)."
@@ -69,9 +65,7 @@ class Tier(_Model):
     concurrency: int | None = Field(
         None, ge=1, description="Concurrency budget: requests in flight beyond it overflow when bursting."
     )
-    burst: bool = Field(
-        False, description="Burst active (from RoutingPolicy status): overflow to burstTarget."
-    )
+    burst: bool = Field(False, description="Burst active (from RoutingPolicy status): overflow to burstTarget.")
     burst_target: str | None = Field(None, description="Tier that takes the overflow while `burst` is on.")
     fallback: list[str] = Field(
         default_factory=list, description="Tiers to try, in order, when this one fails before the first byte."
@@ -114,9 +108,7 @@ class Match(_Model):
 class Rule(_Model):
     """`model: auto` requests go to `tier` when `match` holds; rules are tried in order."""
 
-    name: str | None = Field(
-        None, description="Shown in x-tiered-reason as `rule:<name>`; default `rule-<i>`."
-    )
+    name: str | None = Field(None, description="Shown in x-tiered-reason as `rule:<name>`; default `rule-<i>`.")
     match: Match = Field(default_factory=Match, description="Conditions; all given ones must hold.")
     tier: str = Field(description="Where matching `model: auto` requests go.")
 

@@ -12,6 +12,9 @@ the router through failures without timing tricks:
 - `GET /_fake/stats` → `{"requests": N, "bodies": [... last 50 request bodies ...]}`;
   `POST /_fake/reset` clears counters and mode.
 
+`spawn()` and `stop()` start and stop such a process (this one or the router, both announce their URL)
+for tests and `bench/router.py`.
+
 Run: `python -m tiered_router.fake_upstream [--host 127.0.0.1] [--port 0] [--name NAME] [--fast]`; it
 prints `listening on http://HOST:PORT` once ready (port 0 picks a free port). `--fast` (for benchmarks)
 answers every request with the same small chat completion from a bare asyncio protocol, so the fake costs
@@ -24,10 +27,13 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import socket
+import subprocess
 import sys
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -75,11 +81,7 @@ def _usage(state: FakeState, body: dict[str, Any], completion_tokens: int) -> di
 
 
 def _logprobs(words: list[str]) -> dict[str, Any]:
-    return {
-        "content": [
-            {"token": w, "logprob": -0.05, "bytes": list(w.encode()), "top_logprobs": []} for w in words
-        ]
-    }
+    return {"content": [{"token": w, "logprob": -0.05, "bytes": list(w.encode()), "top_logprobs": []} for w in words]}
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -88,15 +90,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
     try:
         body = json.loads(await request.read())
     except ValueError:
-        return web.json_response(
-            {"error": {"message": "bad json", "type": "invalid_request_error"}}, status=400
-        )
+        return web.json_response({"error": {"message": "bad json", "type": "invalid_request_error"}}, status=400)
     state.bodies.append(body)
     mode = state.take_mode()
     if mode == "fail":
-        return web.json_response(
-            {"error": {"message": "fake failure", "type": "server_error"}}, status=state.status
-        )
+        return web.json_response({"error": {"message": "fake failure", "type": "server_error"}}, status=state.status)
     if mode == "429":
         return web.json_response({"error": {"message": "slow down", "type": "rate_limit"}}, status=429)
     if mode == "stall":
@@ -129,9 +127,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             payload["usage"] = usage
         return web.json_response(payload, headers={"x-fake-upstream": state.name})
 
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "x-fake-upstream": state.name}
-    )
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "x-fake-upstream": state.name})
     await response.prepare(request)
     kind = "chat.completion.chunk" if chat else "text_completion"
     for i, word in enumerate(words):
@@ -167,9 +163,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def models(request: web.Request) -> web.Response:
     name = request.app["state"].name
-    return web.json_response(
-        {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "fake"}]}
-    )
+    return web.json_response({"object": "list", "data": [{"id": name, "object": "model", "owned_by": "fake"}]})
 
 
 async def set_mode(request: web.Request) -> web.Response:
@@ -257,6 +251,46 @@ async def serve_fast(sock: socket.socket, announce: Any) -> None:
     announce()
     async with server:
         await server.serve_forever()
+
+
+def spawn(
+    args: list[str], log: Path, core: int | None = None, startup: float = 30.0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Run `python ARGS` (stderr to `log`, optionally pinned to one CPU core) until it prints
+    `listening on URL`; returns the process and the URL, or stops it and raises RuntimeError with its log."""
+    with log.open("wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, *args],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=None if core is None else (lambda: os.sched_setaffinity(0, {core})),
+        )
+    assert process.stdout is not None
+    os.set_blocking(process.stdout.fileno(), False)
+    seen = b""
+    deadline = time.monotonic() + startup
+    while time.monotonic() < deadline and process.poll() is None:
+        seen += process.stdout.read() or b""
+        for line in seen.decode(errors="replace").splitlines():
+            if line.startswith("listening on "):
+                return process, line.split()[-1]
+        time.sleep(0.02)
+    stop(process)
+    raise RuntimeError(f"{args} did not start: {seen!r}\n{log.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Terminate, then kill if it has not exited within 10 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    if process.stdout is not None:
+        process.stdout.close()
 
 
 def main(argv: list[str] | None = None) -> int:

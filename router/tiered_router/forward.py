@@ -161,13 +161,9 @@ class Upstream:
             except UPSTREAM_ERRORS as error:
                 self.flight.leave(tier)
                 # httpx-aiohttp reports a refused connection as ConnectTimeout: both count as "connect".
-                slow = isinstance(error, httpx.TimeoutException) and not isinstance(
-                    error, httpx.ConnectTimeout
-                )
+                slow = isinstance(error, httpx.TimeoutException) and not isinstance(error, httpx.ConnectTimeout)
                 last = "timeout" if slow else "connect"
-                self.breakers.failure(
-                    tier, time.monotonic(), breaker.failure_threshold, breaker.cooldown_seconds
-                )
+                self.breakers.failure(tier, time.monotonic(), breaker.failure_threshold, breaker.cooldown_seconds)
                 self.metrics.upstream_errors.labels(tier, last).inc()
                 previous = tier
                 continue
@@ -179,9 +175,7 @@ class Upstream:
             self.flight.leave(tier)
             last = str(status)
             if status != 429:
-                self.breakers.failure(
-                    tier, time.monotonic(), breaker.failure_threshold, breaker.cooldown_seconds
-                )
+                self.breakers.failure(tier, time.monotonic(), breaker.failure_threshold, breaker.cooldown_seconds)
             self.metrics.upstream_errors.labels(tier, last).inc()
             previous = tier
         if last in ("429", "breaker-open"):

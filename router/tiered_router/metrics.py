@@ -7,6 +7,7 @@ collector, so the request path pays nothing for them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -20,6 +21,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 class RouterMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._cache: dict[tuple[str, ...], tuple[Any, ...]] = {}
         r = self.registry
         self.requests = Counter(
             "tiered_router_requests",
@@ -80,6 +82,47 @@ class RouterMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+    def answered(self, tier: str, team: str, feature: str, reason: str, status: str) -> None:
+        self._children(tier, team, feature, reason, status)[0].inc()
+
+    def served(
+        self,
+        tier: str,
+        team: str,
+        feature: str,
+        reason: str,
+        status: str,
+        input_tokens: int,
+        output_tokens: int,
+        cost: float,
+        baseline: float,
+        upstream_seconds: float,
+    ) -> None:
+        """One answered and priced request: all its series in one cached lookup."""
+        requests, tokens_in, tokens_out, spent, base, upstream = self._children(tier, team, feature, reason, status)
+        requests.inc()
+        tokens_in.inc(input_tokens)
+        tokens_out.inc(output_tokens)
+        spent.inc(cost)
+        base.inc(baseline)
+        upstream.observe(upstream_seconds)
+
+    def _children(self, tier: str, team: str, feature: str, reason: str, status: str) -> tuple[Any, ...]:
+        # prometheus_client's labels() costs a few microseconds per call; a request touches six series,
+        # so their children are looked up once per label combination and kept.
+        key = (tier, team, feature, reason, status)
+        children = self._cache.get(key)
+        if children is None:
+            children = self._cache[key] = (
+                self.requests.labels(tier, team, feature, reason, status),
+                self.tokens.labels(tier, "input"),
+                self.tokens.labels(tier, "output"),
+                self.cost.labels(tier, team, feature),
+                self.baseline_cost.labels(tier, team, feature),
+                self.upstream_latency.labels(tier),
+            )
+        return children
 
     def watch(self, sample: Callable[[], Iterable[tuple[str, int, int, int]]]) -> None:
         """Export live control data at scrape time: `sample()` yields (tier, in flight, queued, breaker)."""

@@ -167,9 +167,7 @@ def openapi_document(config: RouterConfig) -> dict[str, Any]:
                     "responses": {
                         "200": {
                             "description": "Models.",
-                            "content": {
-                                "application/json": {"schema": {"$ref": "#/components/schemas/ModelList"}}
-                            },
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ModelList"}}},
                         },
                         "401": _error("Missing or invalid API key."),
                     },

@@ -34,9 +34,7 @@ def router(args: argparse.Namespace) -> int:
 
     from tiered_router.app import RouterState, build_app
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         state = RouterState(args.config, reload_interval=args.reload_interval)
     except ValueError as error:
