@@ -814,9 +814,6 @@ class Emulator(kmock.KubernetesEmulator):
                 return kind
         raise KeyError(resource)
 
-    def list_objects(self, resource: str | Kind) -> list[Obj]:
-        return list(self._store[self.kind_for(resource).store].values())
-
     def create_object(self, resource: str | Kind, obj: Obj, namespace: str | None = None,
                       call: Call | None = None) -> Obj:
         kind = self.kind_for(resource)
@@ -1326,9 +1323,11 @@ def cluster(args: argparse.Namespace) -> int:
 
     if not args.host.startswith("127.") and args.host not in ("localhost", "::1"):
         raise UsageError(f"--host must be a loopback address, not {args.host!r}")
-    crd_paths = args.crds or DEFAULT_CRD_PATHS
+    missing = [str(path) for path in args.crds or () if not path.exists()]
+    if missing:
+        raise UsageError(f"no such CRD file or directory: {', '.join(missing)}")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args, crd_paths))
+        asyncio.run(_serve(args, args.crds or DEFAULT_CRD_PATHS))
     return 0
 
 
@@ -1341,7 +1340,7 @@ async def _serve(args: argparse.Namespace, crd_paths: Iterable[Path]) -> None:
     emulator = Emulator(crd_paths=crd_paths, validator=validator, defaulter=defaulter,
                         bookmark_interval=args.bookmark_interval)
     async with emulator, kmock.Server(emulator, host=args.host, port=args.port or None) as server:
-        url = f"http://{args.host}:{server.port}"
+        url = f"http://{f'[{args.host}]' if ':' in args.host else args.host}:{server.port}"
         default = Path(tempfile.gettempdir()) / f"tiered-emulator-{server.port}.kubeconfig"
         kubeconfig = args.kubeconfig or default
         write_kubeconfig(kubeconfig, url)
