@@ -710,13 +710,16 @@ class Emulator(kmock.KubernetesEmulator):
             return aiohttp.web.json_response(error.status(), status=error.code)
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        # kmock's matcher scans the whole request history for every request; keep only in-flight ones.
+        # kmock's matcher scans the whole request history for every request: keep no history (the requests
+        # in flight only), and no accumulated errors or per-reaction requests either.
         if self._errors:
             self._errors[-1].clear()
         try:
             return await apps.RawHandler._handle(self, request)  # not the parent's in-memory store
         finally:
             self._requests[:] = [r for r in self._requests if r is not request]
+            for payload in self._payloads:
+                payload._requests[:] = [r for r in payload._requests if r is not request]
 
     async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
         if isinstance(exc, ApiError):
