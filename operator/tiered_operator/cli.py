@@ -29,20 +29,24 @@ class UsageError(Exception):
     """A problem with the user's input: printed as one line, exit code 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s module is imported (startup stays fast)."""
     parser = argparse.ArgumentParser(prog="tiered", description="Tiered LLM inference on Kubernetes.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (target, help_text) in SUBCOMMANDS.items():
-        module_name, _, func = target.partition(":")
-        module = importlib.import_module(module_name)
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
-        getattr(module, f"add_{func}_arguments")(sub_parser)
-        sub_parser.set_defaults(_handler=getattr(module, func))
+        if name == command:
+            module_name, _, func = target.partition(":")
+            module = importlib.import_module(module_name)
+            getattr(module, f"add_{func}_arguments")(sub_parser)
+            sub_parser.set_defaults(_handler=getattr(module, func))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         return int(args._handler(args) or 0)
     except UsageError as error:
