@@ -261,7 +261,7 @@ def test_crd_validation_rejects_invalid_objects(emulator: EmulatorProcess) -> No
     assert error["details"]["causes"]
 
 
-async def test_validator_hook_in_process() -> None:
+async def test_validator_hook_and_rayservice_fallback_in_process() -> None:
     import aiohttp
     import kmock
     from tiered_operator.emulator import Emulator, load_crds
@@ -276,6 +276,8 @@ async def test_validator_hook_in_process() -> None:
             assert "only blue" in (await response.json())["message"]
         async with session.post(WIDGETS, json=widget("v", color="blue")) as response:
             assert response.status == 201
+        async with session.get("/apis/ray.io/v1") as response:  # declared minimally without KubeRay's CRD
+            assert [r["name"] for r in (await response.json())["resources"]] == ["rayservices", "rayservices/status"]
 
 
 OPERATOR = '''
