@@ -6,7 +6,8 @@ to one core; the fake upstream (`tiered_router.fake_upstream --fast`, a canned r
 protocol) and this load generator (raw keep-alive HTTP/1.1 on asyncio streams) share the other, so the
 proxy is what limits throughput. The router runs with routing (`model: auto` through rules), metrics and
 cost accounting on. LiteLLM runs from its own venv (`.bench-venv/litellm`, created on first use); if it
-cannot be installed the table says so and shows direct vs router.
+cannot be installed the table says so and shows direct vs router. The machine is shared, so each path
+runs three rounds and the table shows the median round.
 
 Every load loop is bounded in request count and in time. Run: `.venv/bin/python bench/router.py [--quick]`.
 """
@@ -19,6 +20,7 @@ import contextlib
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,6 +39,7 @@ LITELLM_KEY = "sk-bench-0123456789abcdef0123456789abcdef"
 BODY = json.dumps(
     {"model": "auto", "messages": [{"role": "user", "content": "Say hello in one word."}], "max_tokens": 8}
 ).encode()
+ROUNDS = 3  # the machine is shared: report the median round
 CORES = sorted(os.sched_getaffinity(0))
 PROXY_CORE, LOAD_CORES = CORES[0], set(CORES[1:] or CORES)
 
@@ -153,10 +156,37 @@ async def measure(
     concurrent: int,
     seconds: float,
 ) -> Result:
-    result = Result()
+    """ROUNDS rounds of (sequential requests, then `concurrent` requests 32 at a time), each bounded by
+    seconds / ROUNDS; every figure is the median over the rounds, errors are summed."""
     conn = Connection(url, path, headers)
     for _ in range(50):  # warm-up: connections, caches, lazy imports
         await conn.post()
+    conn.close()
+    proc = psutil.Process(pid) if pid else None
+    rounds = [
+        await one_round(url, path, headers, proc, sequential // ROUNDS, concurrent // ROUNDS, seconds / ROUNDS)
+        for _ in range(ROUNDS)
+    ]
+    return Result(
+        p50_ms=statistics.median(r.p50_ms for r in rounds),
+        p99_ms=statistics.median(r.p99_ms for r in rounds),
+        rps=statistics.median(r.rps for r in rounds),
+        errors=sum(r.errors for r in rounds),
+        cpu_ms_per_request=statistics.median(r.cpu_ms_per_request for r in rounds),
+    )
+
+
+async def one_round(
+    url: str,
+    path: str,
+    headers: dict[str, str],
+    proc: psutil.Process | None,
+    sequential: int,
+    concurrent: int,
+    seconds: float,
+) -> Result:
+    result = Result()
+    conn = Connection(url, path, headers)
     latencies = []
     deadline = time.monotonic() + seconds
     for _ in range(sequential):
@@ -172,7 +202,6 @@ async def measure(
     result.p99_ms = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3
 
     remaining = concurrent
-    proc = psutil.Process(pid) if pid else None
     errors = 0
 
     async def worker() -> int:
@@ -226,9 +255,7 @@ def litellm_binary() -> Path | None:
     print("installing LiteLLM into .bench-venv/litellm (first run only) ...", flush=True)
     try:
         subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True, timeout=120)
-        subprocess.run(
-            [str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True, timeout=1200
-        )
+        subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True, timeout=1200)
     except (subprocess.SubprocessError, OSError) as error:
         print(f"LiteLLM unavailable: {error}")
         return None
@@ -273,7 +300,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
     parser.add_argument("--no-litellm", action="store_true")
     args = parser.parse_args()
-    sequential, concurrent, seconds = (300, 2000, 10.0) if args.quick else (2000, 12000, 20.0)
+    sequential, concurrent, seconds = (600, 3000, 12.0) if args.quick else (3000, 18000, 30.0)
     os.sched_setaffinity(0, LOAD_CORES)
     with contextlib.suppress(ImportError):
         import uvloop
@@ -283,7 +310,10 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-router-"))
     fake_args = ["-m", "tiered_router.fake_upstream", "--fast"]
     with ours(fake_args, tmp / "fake.log", min(LOAD_CORES)) as (_, upstream):
-        print(f"cores: proxy on {PROXY_CORE}, fake upstream + load generator on {sorted(LOAD_CORES)}")
+        print(
+            f"cores: proxy on {PROXY_CORE}, fake upstream + load generator on {sorted(LOAD_CORES)}; "
+            f"load average before: {os.getloadavg()[0]:.2f} (other work on this machine skews the numbers)"
+        )
         results["direct"] = asyncio.run(
             measure(upstream, "/v1/chat/completions", {}, None, sequential, concurrent, seconds)
         )
@@ -308,6 +338,7 @@ def main() -> int:
         else:
             results["litellm"] = run_litellm(binary, upstream, tmp, sequential, concurrent, seconds)
     report(results)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
     return 0
 
 
@@ -373,9 +404,7 @@ def report(results: dict[str, Result | str]) -> None:
     print()
     print(f"{'':32}" + "".join(f"{p:>12}" for p in paths) + "".join(f"{r[0]:>16}" for r in ratios))
     for label, value in rows:
-        cells = "".join(
-            f"{value(results[p]):>12.3f}" if isinstance(results[p], Result) else "" for p in paths
-        )
+        cells = "".join(f"{value(results[p]):>12.3f}" if isinstance(results[p], Result) else "" for p in paths)
         ratio_cells = ""
         for _, a, b in ratios:
             va, vb = value(results[a]), value(results[b])  # type: ignore[arg-type]
