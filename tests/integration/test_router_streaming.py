@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import openai
 import pytest
-from router_bed import FakeUpstream, Router
+from router_bed import FakeUpstream, Router, base_config, fakes, router
 
 pytestmark = pytest.mark.integration
 
@@ -47,9 +49,7 @@ def test_stream_asks_upstream_for_usage_and_prices_it(
     assert router_reset.metric("tiered_router_estimated_usage_total", tier="edge") == 0
 
 
-def test_stream_without_usage_is_estimated(
-    router_reset: Router, router_fakes: dict[str, FakeUpstream]
-) -> None:
+def test_stream_without_usage_is_estimated(router_reset: Router, router_fakes: dict[str, FakeUpstream]) -> None:
     router_fakes["edge"].mode("ok", omit_usage=True)
     before = router_reset.metric("tiered_router_estimated_usage_total", tier="edge")
     chunks = list(
@@ -60,19 +60,29 @@ def test_stream_without_usage_is_estimated(
     assert chunks[0].choices[0].logprobs is not None
     assert router_reset.metric("tiered_router_estimated_usage_total", tier="edge") == before + 1
     row = next(
-        r
-        for r in router_reset.http.get("/v1/tiered/costs").json()["by_tier_team_feature"]
-        if r["tier"] == "edge"
+        r for r in router_reset.http.get("/v1/tiered/costs").json()["by_tier_team_feature"] if r["tier"] == "edge"
     )
     assert row["estimated_requests"] >= 1
 
 
-def test_stream_falls_back_before_the_first_byte(
-    router_reset: Router, router_fakes: dict[str, FakeUpstream]
-) -> None:
+def test_stream_falls_back_before_the_first_byte(router_reset: Router, router_fakes: dict[str, FakeUpstream]) -> None:
     router_fakes["small"].mode("fail", status=503, times=1)
     raw = client(router_reset).chat.completions.with_raw_response.create(
         model="small", messages=[{"role": "user", "content": "hi"}], stream=True
     )
     assert raw.headers["x-tiered-tier"] == "edge"
     assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+
+
+def test_upstream_dying_mid_stream_ends_the_stream_with_an_error_event(tmp_path: Path) -> None:
+    # Its own fake, because this test kills it.
+    with fakes(tmp_path, "small", "edge", "big") as up, router(base_config(up), tmp_path) as rt:
+        up["small"].mode("hold")
+        stream = iter(
+            client(rt).chat.completions.create(model="small", messages=[{"role": "user", "content": "hi"}], stream=True)
+        )
+        assert next(stream).choices[0].delta.content == "The"
+        up["small"].process.kill()
+        with pytest.raises(openai.APIError, match="failed mid-stream"):
+            list(stream)
+        assert rt.metric("tiered_router_requests_total", tier="small", status="502") == 1
