@@ -10,7 +10,7 @@ from tiered_router import server
 
 
 def test_router_subcommand_is_registered() -> None:
-    args = build_parser().parse_args(["router", "--config", "c.yaml", "--host", "0.0.0.0", "--port", "9000"])
+    args = build_parser("router").parse_args(["router", "--config", "c.yaml", "--host", "0.0.0.0", "--port", "9000"])
     assert args._handler is server.router
     assert (args.config, args.host, args.port, args.reload_interval) == ("c.yaml", "0.0.0.0", 9000, 1.0)
 
