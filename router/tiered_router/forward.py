@@ -179,5 +179,5 @@ class Upstream:
             self.metrics.upstream_errors.labels(tier, last).inc()
             previous = tier
         if last in ("429", "breaker-open"):
-            raise Exhausted(503, f"upstream tiers are rate limited ({', '.join(chain)})")
+            raise Exhausted(503, f"upstream tiers are rate limited or unavailable ({', '.join(chain)})")
         raise Exhausted(502, f"upstream tiers failed ({', '.join(chain)}); last error: {last}")

@@ -49,7 +49,7 @@ class RouterMetrics:
         )
         self.fallbacks = Counter(
             "tiered_router_fallbacks",
-            "Attempts moved to another tier.",
+            "Attempts after a failed one (from_tier = to_tier is a retry).",
             ["from_tier", "to_tier", "cause"],
             registry=r,
         )

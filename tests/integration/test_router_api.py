@@ -125,9 +125,7 @@ def test_body_over_limit_413(router_reset: Router, router_fakes: dict[str, FakeU
     assert router_fakes["small"].requests == 0
 
 
-def test_all_attempts_fail_502_with_retry_after(
-    router_reset: Router, router_fakes: dict[str, FakeUpstream]
-) -> None:
+def test_all_attempts_fail_502_with_retry_after(router_reset: Router, router_fakes: dict[str, FakeUpstream]) -> None:
     for fake in router_fakes.values():
         fake.mode("fail", status=500, times=1)
     with pytest.raises(openai.InternalServerError) as caught:
@@ -161,9 +159,7 @@ def test_api_keys_401_and_team_from_key(router_fakes: dict[str, FakeUpstream], t
         assert "OPEN" not in rt.log.read_text()
         for key in ("none", "sk-wrong"):
             with pytest.raises(openai.AuthenticationError):
-                client(rt, key).chat.completions.create(
-                    model="auto", messages=[{"role": "user", "content": "x"}]
-                )
+                client(rt, key).chat.completions.create(model="auto", messages=[{"role": "user", "content": "x"}])
         with pytest.raises(openai.AuthenticationError):
             client(rt, "sk-wrong").models.list()
         # The key's team wins over a header claiming another team.
@@ -197,12 +193,7 @@ def test_connect_error_falls_back(router_reset: Router, router_fakes: dict[str, 
     config["tiers"][0]["baseURL"] = free_port_url()
     router_reset.apply(config)
     assert ask(router_reset)[:2] == ("edge", "default")
-    assert (
-        router_reset.metric(
-            "tiered_router_fallbacks_total", from_tier="small", to_tier="edge", cause="connect"
-        )
-        == 1
-    )
+    assert router_reset.metric("tiered_router_fallbacks_total", from_tier="small", to_tier="edge", cause="connect") == 1
 
 
 def test_upstream_client_errors_pass_through_without_fallback(

@@ -22,9 +22,7 @@ EXPECTED = {
 BASELINE = 1000 * 5e-6 + 500 * 30e-6
 
 
-def test_exact_cost_and_baseline_per_tier(
-    router_reset: Router, router_fakes: dict[str, FakeUpstream]
-) -> None:
+def test_exact_cost_and_baseline_per_tier(router_reset: Router, router_fakes: dict[str, FakeUpstream]) -> None:
     sdk = openai.OpenAI(base_url=router_reset.base_url, api_key="none", max_retries=0)
     for fake in router_fakes.values():
         fake.mode("ok", usage=USAGE)
@@ -37,9 +35,7 @@ def test_exact_cost_and_baseline_per_tier(
         )
     for tier, expected in EXPECTED.items():
         labels = {"tier": tier, "team": "cost-test", "feature": tier}
-        assert router_reset.metric("tiered_router_cost_usd_total", **labels) == pytest.approx(
-            expected, rel=1e-12
-        )
+        assert router_reset.metric("tiered_router_cost_usd_total", **labels) == pytest.approx(expected, rel=1e-12)
         assert router_reset.metric("tiered_router_baseline_cost_usd_total", **labels) == pytest.approx(
             BASELINE, rel=1e-12
         )
@@ -66,9 +62,7 @@ def test_response_without_usage_is_estimated_and_marked(
         extra_headers={"x-tiered-team": "estimate"},
     )
     row = next(
-        r
-        for r in router_reset.http.get("/v1/tiered/costs").json()["by_tier_team_feature"]
-        if r["team"] == "estimate"
+        r for r in router_reset.http.get("/v1/tiered/costs").json()["by_tier_team_feature"] if r["team"] == "estimate"
     )
     # 400 prompt characters → 100 tokens; "The answer is forty two ." (25 characters) → 7 tokens.
     assert (row["input_tokens"], row["output_tokens"], row["estimated_requests"]) == (100, 7, 1)
@@ -105,9 +99,7 @@ async def test_hot_reload_during_traffic_drops_nothing(
         await asyncio.sleep(0.2)
     # A bad config is rejected with a logged reason; the last good one (default edge) stays.
     await asyncio.to_thread(router_reset.write, yaml.safe_dump(base_config(router_fakes, default="nowhere")))
-    await asyncio.to_thread(
-        router_reset.wait_metric, "tiered_router_config_reload_errors_total", reload_errors + 1
-    )
+    await asyncio.to_thread(router_reset.wait_metric, "tiered_router_config_reload_errors_total", reload_errors + 1)
     await asyncio.sleep(0.2)
     stop.set()
     await asyncio.wait_for(asyncio.gather(*workers), 60)

@@ -30,15 +30,10 @@ def test_falls_back_along_the_chain(
 ) -> None:
     router_fakes["small"].mode(mode, times=1)
     assert ask(router_reset) == ("edge", "default")
-    assert (
-        router_reset.metric("tiered_router_fallbacks_total", from_tier="small", to_tier="edge", cause=cause)
-        >= 1
-    )
+    assert router_reset.metric("tiered_router_fallbacks_total", from_tier="small", to_tier="edge", cause=cause) >= 1
 
 
-def test_breaker_opens_skips_the_tier_then_closes(
-    router_fakes: dict[str, FakeUpstream], tmp_path: Path
-) -> None:
+def test_breaker_opens_skips_the_tier_then_closes(router_fakes: dict[str, FakeUpstream], tmp_path: Path) -> None:
     for fake in router_fakes.values():
         fake.reset()
     config = base_config(router_fakes, breaker={"failureThreshold": 2, "cooldownSeconds": 1})
@@ -100,9 +95,7 @@ def test_private_traffic_never_reaches_the_external_tier(
 def test_overflow_goes_to_burst_target_and_private_requests_queue(
     router_reset: Router, router_fakes: dict[str, FakeUpstream]
 ) -> None:
-    config = base_config(
-        router_fakes, privacy={"privateTeams": ["legal"], "queueLimit": 4, "queueTimeoutSeconds": 20}
-    )
+    config = base_config(router_fakes, privacy={"privateTeams": ["legal"], "queueLimit": 4, "queueTimeoutSeconds": 20})
     config["tiers"][0].update(concurrency=1, burst=True, burstTarget="big")
     router_reset.apply(config)
     small = router_fakes["small"]

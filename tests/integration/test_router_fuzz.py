@@ -16,9 +16,7 @@ from router_bed import FakeUpstream, Router, base_config, router
 pytestmark = pytest.mark.integration
 
 
-def test_schemathesis_finds_no_5xx_or_schema_violation(
-    router_fakes: dict[str, FakeUpstream], tmp_path: Path
-) -> None:
+def test_schemathesis_finds_no_5xx_or_schema_violation(router_fakes: dict[str, FakeUpstream], tmp_path: Path) -> None:
     keys = tmp_path / "keys.yaml"
     keys.write_text("keys:\n  - {key: sk-fuzz, team: fuzz}\n")
     cli = Path(sys.executable).parent / "schemathesis"
@@ -100,9 +98,7 @@ def test_private_requests_never_reach_the_external_upstream(
     router_reset.http.get("/healthz")  # the router is still up
 
 
-def test_the_same_requests_unmarked_do_reach_it(
-    router_reset: Router, router_fakes: dict[str, FakeUpstream]
-) -> None:
+def test_the_same_requests_unmarked_do_reach_it(router_reset: Router, router_fakes: dict[str, FakeUpstream]) -> None:
     # Guards the property above against passing vacuously (e.g. if the external fake were unreachable).
     response = httpx.post(
         f"{router_reset.base_url}/chat/completions",

@@ -110,8 +110,7 @@ def test_load_config_errors_are_value_errors(tmp_path: Path) -> None:
 def test_api_keys_file_keeps_hashes_only(tmp_path: Path) -> None:
     path = tmp_path / "keys.yaml"
     path.write_text(
-        f"keys:\n  - {{key: sk-a, team: a}}\n  - {{sha256: {hash_key('sk-b').upper()}, team: b, "
-        "feature: f}\n"
+        f"keys:\n  - {{key: sk-a, team: a}}\n  - {{sha256: {hash_key('sk-b').upper()}, team: b, feature: f}}\n"
     )
     keys = load_keys(path)
     assert "sk-a" not in repr(keys)

@@ -69,9 +69,7 @@ CONFIG = config()
         (RequestFeatures("gpt-5"), None, "unknown-model", ()),
     ],
 )
-def test_routing_table(
-    features: RequestFeatures, tier: str | None, reason: str, chain: tuple[str, ...]
-) -> None:
+def test_routing_table(features: RequestFeatures, tier: str | None, reason: str, chain: tuple[str, ...]) -> None:
     decision = choose_tier(features, CONFIG, LiveState())
     assert (decision.tier, decision.reason, decision.chain) == (tier, reason, chain)
 
@@ -107,9 +105,7 @@ def test_open_breakers_are_skipped_and_all_open_means_retry_after() -> None:
     decision = choose_tier(RequestFeatures("auto", private=True), CONFIG, live)
     assert (decision.tier, decision.reason, decision.retry_after) == (None, "unavailable", 4)
     assert (
-        choose_tier(RequestFeatures("auto"), CONFIG, LiveState(open_until={"small": 99.0}, now=100.0)).chain[
-            0
-        ]
+        choose_tier(RequestFeatures("auto"), CONFIG, LiveState(open_until={"small": 99.0}, now=100.0)).chain[0]
         == "small"
     )  # cooldown over: half-open
 
@@ -157,9 +153,7 @@ def configs(draw: st.DrawFn) -> RouterConfig:
         }
         for _ in range(draw(st.integers(0, 3)))
     ]
-    return RouterConfig.model_validate(
-        {"tiers": tiers, "default": draw(st.sampled_from(tier_names)), "rules": rules}
-    )
+    return RouterConfig.model_validate({"tiers": tiers, "default": draw(st.sampled_from(tier_names)), "rules": rules})
 
 
 @settings(max_examples=300, deadline=None)
