@@ -79,6 +79,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CRD_PATHS = (REPO_ROOT / "crds", REPO_ROOT.parent / "shared" / "kuberay" / "ray.io_rayservices.yaml")
 VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+MAX_BODY = 3 * 1024 * 1024  # kube-apiserver's request body limit (aiohttp's default is 1 MiB)
 EVENT_LOG_SIZE = 10_000  # events kept for watches that resume from a resourceVersion
 
 
@@ -444,6 +445,40 @@ def _path_set(obj: Obj, path: str, value: Any) -> None:
     obj[parts[-1]] = value
 
 
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS_SUBDOMAIN = rf"{_DNS_LABEL}(\.{_DNS_LABEL})*"
+_QUALIFIED = r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
+DNS_LABEL_NAMES = {("", "namespaces"), ("", "services")}  # other kinds take DNS subdomain names
+
+
+def metadata_errors(store: tuple[str, str], meta: Obj) -> list[str]:
+    """ObjectMeta validation as the apiserver does it for every kind: name, labels, annotation size."""
+    errors, name = [], str(meta.get("name", ""))
+    if store in DNS_LABEL_NAMES and not (len(name) <= 63 and re.fullmatch(_DNS_LABEL, name)):
+        errors.append(f'metadata.name: Invalid value: "{name}": a lowercase RFC 1123 label must consist of '
+                      "lower case alphanumeric characters or '-', start and end with an alphanumeric "
+                      "character, and be no more than 63 characters")
+    elif not (len(name) <= 253 and re.fullmatch(_DNS_SUBDOMAIN, name)):
+        errors.append(f'metadata.name: Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist '
+                      "of lower case alphanumeric characters, '-' or '.', and must start and end with an "
+                      "alphanumeric character")
+    for key, value in (meta.get("labels") or {}).items():
+        prefix, _, local = str(key).rpartition("/")
+        if not (len(local) <= 63 and re.fullmatch(_QUALIFIED, local)
+                and (not prefix or (len(prefix) <= 253 and re.fullmatch(_DNS_SUBDOMAIN, prefix)))):
+            errors.append(f'metadata.labels: Invalid value: "{key}": name part must consist of alphanumeric '
+                          "characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+                          " (at most 63 characters, with an optional DNS subdomain prefix)")
+        if not isinstance(value, str) or len(value) > 63 or (value and not re.fullmatch(_QUALIFIED, value)):
+            errors.append(f'metadata.labels: Invalid value: "{value}": a valid label must be an empty string or '
+                          "consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
+                          "alphanumeric character (at most 63 characters)")
+    size = sum(len(str(k)) + len(str(v)) for k, v in (meta.get("annotations") or {}).items())
+    if size > 256 * 1024:
+        errors.append("metadata.annotations: Too long: must have at most 262144 bytes")
+    return errors
+
+
 def now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -683,6 +718,7 @@ class Emulator(kmock.KubernetesEmulator):
     # ---- the request path ---------------------------------------------------------------------
 
     async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        raw = raw.clone(client_max_size=MAX_BODY)
         parsed = parse_path(raw.path)
         if parsed is None:
             return await super().__call__(raw)  # discovery, health, /_emulator, 404s: kmock's routes
@@ -998,7 +1034,10 @@ class Emulator(kmock.KubernetesEmulator):
                                                 if v.get("storage")]}
 
     def _admit(self, kind: Kind, new: Obj, old: Obj | None, call: Call | None) -> Obj:
-        """Schema pruning, defaulting and validation of custom resources, as on every apiserver write."""
+        """Metadata validation; schema pruning, defaulting and validation of custom resources."""
+        problems = metadata_errors(kind.store, new["metadata"])
+        if problems:
+            raise self._invalid(kind, new["metadata"]["name"], problems)
         if kind.crd is not None and self.defaulter is not None:
             pruned = self.defaulter(kind.crd, new)
             unknown = unknown_fields(new, pruned)
@@ -1016,9 +1055,13 @@ class Emulator(kmock.KubernetesEmulator):
     @staticmethod
     def _invalid(kind: Kind, name: str, messages: list[str]) -> ApiError:
         qualified = f"{kind.kind}.{kind.group}" if kind.group else kind.kind
+        causes = []
+        for message in messages:  # "spec.x: Invalid value: ..." → field + message, as kubectl prints them
+            where, _, text = message.partition(": ")
+            causes.append({"reason": "FieldValueInvalid", "field": where, "message": text} if text and " " not in
+                          where else {"reason": "FieldValueInvalid", "message": message})
         return ApiError(422, "Invalid", f'{qualified} "{name}" is invalid: ' + "; ".join(messages),
-                        {"name": name, "group": kind.group, "kind": kind.kind,
-                         "causes": [{"reason": "FieldValueInvalid", "message": m} for m in messages]})
+                        {"name": name, "group": kind.group, "kind": kind.kind, "causes": causes})
 
     def _scale(self, kind: Kind, obj: Obj) -> Obj:
         paths, meta = dict(kind.scale), obj["metadata"]

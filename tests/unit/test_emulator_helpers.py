@@ -13,6 +13,7 @@ from tiered_operator.emulator import (
     json_patch,
     jsonpath,
     merge_patch,
+    metadata_errors,
     parse_path,
     parse_selector,
     selects,
@@ -120,3 +121,18 @@ def test_table_columns() -> None:
     assert [c["name"] for c in result["columnDefinitions"]] == ["Name", "X", "Ready", "Age"]
     assert result["rows"][0]["cells"][:3] == ["a", 1, "True"]
     assert result["rows"][0]["object"]["kind"] == "PartialObjectMetadata"
+
+
+@pytest.mark.parametrize(("store", "meta", "field"), [
+    (("", "configmaps"), {"name": "a.b-c"}, None),
+    (("", "configmaps"), {"name": "Bad"}, "metadata.name"),
+    (("", "services"), {"name": "a.b"}, "metadata.name"),  # services and namespaces take DNS labels
+    (("", "namespaces"), {"name": "x" * 64}, "metadata.name"),
+    (("", "configmaps"), {"name": "a", "labels": {"app.kubernetes.io/name": "web_1"}}, None),
+    (("", "configmaps"), {"name": "a", "labels": {"a": "x" * 64}}, "metadata.labels"),
+    (("", "configmaps"), {"name": "a", "labels": {"-a": "x"}}, "metadata.labels"),
+    (("", "configmaps"), {"name": "a", "annotations": {"a": "x" * 300_000}}, "metadata.annotations"),
+])
+def test_metadata_errors(store: tuple[str, str], meta: dict[str, Any], field: str | None) -> None:
+    errors = metadata_errors(store, meta)
+    assert [e.split(":")[0] for e in errors] == ([field] if field else [])
