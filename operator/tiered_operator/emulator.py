@@ -8,6 +8,7 @@ kmock provides the HTTP server, the request plumbing, discovery scaffolding and 
 (`/readyz`, `/_emulator/...`). Everything under `/api/...` and `/apis/.../<plural>` is served here, because
 kmock 0.8 gets most of it wrong for a real client (see ../shared/TESTING.md):
 
+- ObjectMeta validation (names, labels, annotation size) for every kind; request bodies up to 3 MiB;
 - objects get `uid`, `creationTimestamp`, `generation` and `resourceVersion` (one global counter);
   `generateName` works; a namespaced URL sets `metadata.namespace`; no-op writes change nothing;
 - `generation` starts at 1 and grows when anything outside `metadata`/`status` changes (and when
