@@ -20,11 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import psutil
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from bed import running_emulator, running_operator  # noqa: E402
+from tiered_operator.devstack.cluster import running_emulator, running_operator
 
 NAMESPACE = "bench"
 

@@ -147,7 +147,9 @@ async def autoscale_tick(
     if decision.changed:
         result.tier = await reconcile_tier(body, actual, writer, datetime.fromtimestamp(now, UTC),
                                            autoscaled_replicas=decision.replicas)
-        result.tier.events.insert(0, Event("Normal", decision.reason, decision.message))
+        # The scale Event says why; reconcile's "RayServiceRescaled" would only repeat it.
+        result.tier.events = [Event("Normal", decision.reason, decision.message)] + [
+            event for event in result.tier.events if event.reason != "RayServiceRescaled"]
     scaling = c.Condition(type=c.SCALING, status="True" if decision.changed else "False",
                           reason=decision.reason, message=decision.message)
     extra: dict[str, Any] = {"replicas": {"desired": decision.replicas}}

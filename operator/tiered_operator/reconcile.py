@@ -225,8 +225,8 @@ def tier_status(
     events = _events(existing.get("conditions"), conditions)
     if action.kind != "none":
         verb = {"create": "Created", "update": "Updated", "rescale": "Rescaled"}[action.kind]
-        events.insert(0, Event("Normal", f"RayService{verb}", f"{verb} RayService {tier.metadata.name} "
-                               f"({replicas} replicas, {plan.worker_gpus(replicas)} GPUs)"))
+        events.insert(0, Event("Normal", f"RayService{verb}", f"{verb} RayService {tier.metadata.name}: "
+                               f"replicas {replicas}, GPUs {plan.worker_gpus(replicas)}"))
     return Outcome(_changed(existing, wanted), events, action.kind)
 
 
