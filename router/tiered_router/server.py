@@ -23,6 +23,12 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="seconds between checks of the config and API key files (default 1)",
     )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=25.0,
+        help="seconds in-flight requests get to finish after SIGTERM (default 25, under Kubernetes' 30)",
+    )
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -57,7 +63,7 @@ def router(args: argparse.Namespace) -> int:
     def announce(*_: object) -> None:
         print(f"listening on http://{host}:{port}", flush=True)
 
-    web.run_app(build_app(state), sock=sock, print=announce, access_log=None)
+    web.run_app(build_app(state), sock=sock, print=announce, access_log=None, shutdown_timeout=args.shutdown_timeout)
     return 0
 
 
