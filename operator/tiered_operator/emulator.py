@@ -30,7 +30,8 @@ kmock 0.8 gets most of it wrong for a real client (see ../shared/TESTING.md):
   namespace deletes its contents; applying a CRD object registers (deleting it unregisters) its resources;
 - an optional validator `validate(crd, new, old) -> list[str]` turns messages into 422 `Invalid`, and an
   optional defaulter `(crd, obj) -> obj` prunes and defaults (`tiered cluster` wires in crd_validation's);
-- request counters by (verb, resource, subresource): `GET /_emulator/requests`, `POST .../reset`.
+- request counters by (verb, resource, subresource): `GET /_emulator/requests`, `POST .../reset`;
+  injected failures: `POST /_emulator/faults` (`{"verb", "resource", "subresource", "code", "count"}`).
 
 Not emulated (docs/emulator.md has the list): authn/authz, admission webhooks, field managers, other
 protobuf bodies, pagination (`limit` returns everything), conversion between CRD versions (objects are
@@ -54,6 +55,7 @@ import copy
 import dataclasses
 import datetime
 import hashlib
+import http
 import json
 import os
 import random
@@ -696,6 +698,7 @@ class Emulator(kmock.KubernetesEmulator):
     _watchers: dict[tuple[str, str], set[asyncio.Queue[Event | None]]] = attrs.field(
         factory=lambda: collections.defaultdict(set), init=False)
     counts: collections.Counter[tuple[str, str, str]] = attrs.field(factory=collections.Counter, init=False)
+    faults: list[Obj] = attrs.field(factory=list, init=False)  # injected failures, see _serve_add_fault
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -706,6 +709,8 @@ class Emulator(kmock.KubernetesEmulator):
         self["get", re.compile(r"/openapi/v3/.+")] << self._serve_openapi_group_version
         self["get /_emulator/requests"] << (lambda: self.request_counts())
         self["post /_emulator/requests/reset"] << self._serve_reset
+        self["post /_emulator/faults"] << self._serve_add_fault
+        self["delete /_emulator/faults"] << self._serve_clear_faults
         for kind in BUILTIN_KINDS:
             self._register(kind)
         crds = list(self.crds) + load_crds(self.crd_paths)
@@ -733,6 +738,7 @@ class Emulator(kmock.KubernetesEmulator):
             verb = "watch"
         self.counts[verb, plural or "", subresource] += 1
         try:
+            self._inject_fault(verb, plural or "", subresource)
             if kind is None:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
             if kind.namespaced is False and namespace is not None:
@@ -1276,7 +1282,7 @@ class Emulator(kmock.KubernetesEmulator):
                 "parameters": parameters, "responses": {"200": {"description": "OK"}}}}
         return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.35.0"}, "paths": paths}
 
-    # ---- request accounting ----------------------------------------------------------------------
+    # ---- request accounting and fault injection ----------------------------------------------------------------------
 
     def request_counts(self) -> Obj:
         counts = [{"verb": v, "resource": r, "subresource": s, "count": n}
@@ -1290,6 +1296,28 @@ class Emulator(kmock.KubernetesEmulator):
     async def _serve_reset(self, request: rendering.Request) -> rendering.Payload:
         self.reset_counts()
         return {"reset": True}
+
+    async def _serve_add_fault(self, request: rendering.Request) -> rendering.Payload:
+        """`{"verb": "patch", "resource": "inferencetiers", "subresource": "status", "code": 500, "count": 1}`:
+        the next `count` matching requests fail with `code` (verb/resource/subresource left out match any)."""
+        fault = {"code": 500, "count": 1, **(request.data or {})}
+        self.faults.append(fault)
+        return fault
+
+    async def _serve_clear_faults(self, request: rendering.Request) -> rendering.Payload:
+        self.faults.clear()
+        return {"faults": []}
+
+    def _inject_fault(self, verb: str, resource: str, subresource: str) -> None:
+        for fault in self.faults:
+            if all(fault.get(k) in (None, v) for k, v in
+                   (("verb", verb), ("resource", resource), ("subresource", subresource))):
+                fault["count"] -= 1
+                if fault["count"] <= 0:
+                    self.faults.remove(fault)
+                code = int(fault["code"])
+                raise ApiError(code, http.HTTPStatus(code).phrase.replace(" ", ""),
+                               fault.get("message", f"injected fault: {code} for {verb} {resource}"))
 
 
 def unknown_fields(before: Any, after: Any, path: str = "") -> list[str]:

@@ -241,7 +241,7 @@ def test_watch_started_during_writes_misses_nothing(widgets: EmulatorProcess) ->
         writer.join()
 
 
-def test_request_counters(widgets: EmulatorProcess) -> None:
+def test_request_counters_and_faults(widgets: EmulatorProcess) -> None:
     widgets.kubectl("apply", "-f", "-", input=json.dumps(widget("c")))
     widgets.reset_requests()
     widgets.kubectl("get", "widgets")
@@ -250,6 +250,15 @@ def test_request_counters(widgets: EmulatorProcess) -> None:
     assert widgets.requests()["get", "widgets", ""] == 1 and widgets.requests()["list", "widgets", ""] == 1
     widgets.api("PATCH", f"{WIDGETS}/c/status", {"status": {"x": 1}}, MERGE)
     assert widgets.requests()["patch", "widgets", "status"] == 1 and widgets.writes() == 1
+
+    # Injected failures: the next `count` matching requests fail (verb/resource/subresource: None = any).
+    widgets.api("POST", "/_emulator/faults", {"verb": "patch", "resource": "widgets", "code": 503, "count": 2})
+    assert "ServiceUnavailable" in widgets.kubectl("label", "wdg", "c", "a=b", check=False).stderr
+    assert widgets.api("PATCH", f"{WIDGETS}/c", {}, MERGE)[0] == 503
+    assert widgets.api("PATCH", f"{WIDGETS}/c", {}, MERGE)[0] == 200  # used up
+    widgets.api("POST", "/_emulator/faults", {"code": 500, "count": 100})
+    widgets.api("DELETE", "/_emulator/faults")
+    assert widgets.api("GET", f"{WIDGETS}/c")[0] == 200
 
 
 def test_crd_validation_rejects_invalid_objects(emulator: EmulatorProcess) -> None:
