@@ -10,7 +10,6 @@ busy, and the request falls back without marking the tier broken.
 from __future__ import annotations
 
 CLOSED, HALF_OPEN, OPEN = 0, 1, 2
-STATE_NAMES = {CLOSED: "closed", HALF_OPEN: "half-open", OPEN: "open"}
 
 
 class Breakers:
