@@ -38,7 +38,7 @@ protobuf bodies, pagination (`limit` returns everything), conversion between CRD
 shared, only `apiVersion` is rewritten), controllers (no pods behind Deployments), namespace existence.
 
 Throughput (`python tests/bed.py --bench`: 500 custom resources, 16 concurrent aiohttp clients in another
-process, 2 cores shared with other work, validation off): 3,300-3,900 GET/s and 2,300-3,600 merge-PATCH/s.
+process, 2 cores shared with other work, validation off): 2,800-3,900 GET/s and 2,300-3,600 merge-PATCH/s.
 Plain kmock 0.8 decays to ~50 GET/s because its root matches every request against the whole request
 history: here resource requests bypass that matcher, and the routes kmock still serves keep only their
 in-flight requests.
