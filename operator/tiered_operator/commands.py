@@ -13,6 +13,7 @@ from tiered_operator.model import InferenceTier, RoutingPolicy
 from tiered_operator.objects import InvalidObject, Skipped, load_file
 from tiered_operator.plan import CapacityPlan, PlanError, plan_capacity
 from tiered_operator.render import desired_replicas, render_rayservice, to_yaml
+from tiered_operator.router_config import render_router_configmap, router_config
 
 
 def _load(paths: list[Path]) -> list[tuple[Path, InferenceTier | RoutingPolicy]]:
@@ -40,10 +41,16 @@ def _plan(file: Path, tier: InferenceTier) -> CapacityPlan:
 
 
 def render_documents(paths: list[Path]) -> list[dict[str, Any]]:
-    documents = []
-    for file, obj in _load(paths):
-        if isinstance(obj, InferenceTier):
-            documents.append(render_rayservice(obj, _plan(file, obj), desired_replicas(obj.spec, None)))
+    """RayServices for the tiers, then the router ConfigMap of each policy (not bursting)."""
+    loaded = _load(paths)
+    tiers = [obj for _, obj in loaded if isinstance(obj, InferenceTier)]
+    documents = [render_rayservice(tier, _plan(file, tier), desired_replicas(tier.spec, None))
+                 for file, tier in loaded if isinstance(tier, InferenceTier)]
+    for _, policy in loaded:
+        if isinstance(policy, RoutingPolicy):
+            namespace = {t.metadata.name: t for t in tiers if t.metadata.namespace == policy.metadata.namespace}
+            config, _ = router_config(policy, namespace, bursting=False)
+            documents.append(render_router_configmap(policy, config))
     return documents
 
 

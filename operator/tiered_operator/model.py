@@ -171,6 +171,12 @@ class PricingSpec(Spec):
     gpu_hour_usd: float = Field(
         default=0, ge=0, alias="gpuHourUSD", description="Price of one GPU (or CPU node) for an hour."
     )
+    tokens_per_second: float = Field(
+        default=1000,
+        gt=0,
+        description="Tokens (input + output) one replica serves per second at full load; self-hosted tokens "
+        "cost gpuHourUSD × GPUs per replica / (3600 × this).",
+    )
 
 
 class InferenceTierSpec(Spec):

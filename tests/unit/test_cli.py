@@ -24,12 +24,15 @@ def tiered(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(TIERED), *args], capture_output=True, text=True, timeout=60)
 
 
-def test_render_prints_one_rayservice_per_tier() -> None:
+def test_render_prints_a_rayservice_per_tier_and_a_router_configmap_per_policy() -> None:
     result = tiered("render", "-f", str(ROOT / "examples"))
     assert result.returncode == 0, result.stderr
     documents = list(yaml.safe_load_all(result.stdout))
-    assert [d["metadata"]["name"] for d in documents] == ["triage", "extract", "edge"]
-    assert {d["kind"] for d in documents} == {"RayService"}
+    assert [(d["kind"], d["metadata"]["name"]) for d in documents] == [
+        ("RayService", "triage"), ("RayService", "extract"), ("RayService", "edge"),
+        ("ConfigMap", "tiered-router-default")]
+    router = yaml.safe_load(documents[-1]["data"]["router.yaml"])
+    assert router["tiers"][0]["pricing"] == {"gpuHourUSD": 3.5, "gpusPerReplica": 0.25, "tokensPerSecond": 2400.0}
 
 
 def test_plan_prints_a_table() -> None:
@@ -52,7 +55,8 @@ def test_plan_prints_a_table() -> None:
          '{path}: InferenceTier/small: spec.model: Invalid value: "object": awq and gptq models are 4- or 8-bit'),
         (TIER.replace("parameters: 8B", "parameters: 700B").replace("quantization: awq", "quantization: none")
          .replace("bits: 4", "bits: 16"),
-         "{path}: InferenceTier/small: spec: 700B at 16 bits needs ~1473 GiB per replica; one H100 offers 72 GiB (90% of 80), so it needs 32 GPUs"),
+         "{path}: InferenceTier/small: spec: 700B at 16 bits needs ~1473 GiB per replica; one H100 offers 72 GiB "
+         "(90% of 80), so it needs 32 GPUs"),
         ("- just\n- a list\n", "{path} document 1: not a YAML mapping"),
     ],
     ids=["missing", "malformed", "schema", "cel", "does-not-fit", "not-a-mapping"],

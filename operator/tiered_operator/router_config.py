@@ -1,0 +1,131 @@
+"""RoutingPolicy (+ its tiers and its burst status) → the router's `RouterConfig`, and the ConfigMap carrying it.
+
+This is how the burst flag the autoscaler writes into `RoutingPolicy.status.burst` reaches the router: the
+tier the burst starts from gets `burst: true` and `burstTarget`, and the router sends its overflow there.
+Local tiers point at their InferenceTier's endpoint and are priced from its `gpuHourUSD` and capacity plan;
+external tiers read their API key from an environment variable the router Deployment fills from the Secret.
+
+Policy features the router does not implement yet (similarity rules, escalation, cache, budgets) are left
+out and named in the returned notes, so the operator can say so instead of silently dropping them.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+from tiered_router.config import Match, Pricing, Privacy, RouterConfig, Rule, Tier, TierKind
+
+from tiered_operator.model import InferenceTier, PolicyTier, PricingSpec, RoutingPolicy
+from tiered_operator.plan import PlanError, plan_capacity
+from tiered_operator.render import MANAGED_BY, endpoint
+
+CONFIG_KEY = "router.yaml"
+
+
+def api_key_env(tier_name: str) -> str:
+    """The environment variable holding an external tier's API key in the router's pod."""
+    return "TIERED_API_KEY_" + re.sub(r"[^A-Z0-9]", "_", tier_name.upper())
+
+
+def _local_pricing(tier: InferenceTier | None) -> Pricing:
+    """Self-hosted price inputs; a tier not found (yet) is priced at the spec defaults on one GPU."""
+    pricing = tier.spec.pricing if tier else PricingSpec()
+    try:
+        gpus = (plan_capacity(tier.spec).gpus_per_replica if tier else 0) or 1.0
+    except PlanError:
+        gpus = 1.0
+    return Pricing(
+        gpu_hour_usd=pricing.gpu_hour_usd, gpus_per_replica=gpus, tokens_per_second=pricing.tokens_per_second
+    )
+
+
+def _tier(entry: PolicyTier, policy: RoutingPolicy, tiers: Mapping[str, InferenceTier], bursting: bool) -> Tier:
+    burst = policy.spec.burst
+    burst_here = bursting and burst is not None and burst.from_ == entry.name
+    common: dict[str, Any] = {
+        "name": entry.name,
+        "concurrency": entry.max_concurrency,
+        "fallback": list(entry.fallback),
+        "burst": burst_here,
+        "burst_target": burst.to if burst is not None and burst.from_ == entry.name else None,
+    }
+    if entry.external is not None:
+        price = entry.pricing
+        return Tier(
+            kind=TierKind.EXTERNAL,
+            base_url=entry.external.base_url,
+            model=entry.external.model,
+            api_key_env=api_key_env(entry.name) if entry.external.api_key_secret_ref else None,
+            pricing=Pricing(
+                input_per_m_tok=price.input_per_m_tok if price else None,
+                output_per_m_tok=price.output_per_m_tok if price else None,
+            ),
+            **common,
+        )
+    local = tiers.get(entry.tier_ref or "")
+    return Tier(
+        kind=TierKind.LOCAL,
+        base_url=endpoint(entry.tier_ref or entry.name, policy.metadata.namespace),
+        model=local.spec.model.id if local else None,
+        pricing=_local_pricing(local),
+        **common,
+    )
+
+
+def router_config(
+    policy: RoutingPolicy, tiers: Mapping[str, InferenceTier], *, bursting: bool
+) -> tuple[RouterConfig, list[str]]:
+    """The router's config for `policy` and what of the policy it leaves out.
+
+    `tiers`: the InferenceTiers of the policy's namespace by name; `bursting`: `status.burst.active`.
+    """
+    spec = policy.spec
+    notes = []
+    rules = []
+    for index, rule in enumerate(spec.rules):
+        if rule.match.similar_to is not None:
+            notes.append(f"rules[{index}]: similarTo is not served by the router yet; rule left out")
+            continue
+        match = rule.match
+        rules.append(Rule(
+            name=f"rule-{index}",
+            match=Match(task_types=list(match.task_types), min_prompt_tokens=match.min_prompt_tokens,
+                        max_prompt_tokens=match.max_prompt_tokens, keywords=list(match.keywords),
+                        regex=match.regex),
+            tier=rule.tier,
+        ))
+    for feature in ("escalation", "cache"):
+        if getattr(spec, feature) is not None:
+            notes.append(f"{feature} is not served by the router yet")
+    if spec.budgets:
+        notes.append("budgets are not enforced by the router yet")
+    config = RouterConfig(
+        tiers=[_tier(entry, policy, tiers, bursting) for entry in spec.tiers],
+        default=spec.default,
+        baseline=spec.baseline,
+        rules=rules,
+        privacy=Privacy(private_teams=list(spec.privacy.private_teams),
+                        private_header=spec.privacy.private_header),
+    )
+    return config, notes
+
+
+def render_router_configmap(policy: RoutingPolicy, config: RouterConfig) -> dict[str, Any]:
+    """The ConfigMap the router reads its config from (it reloads on change)."""
+    meta = policy.metadata
+    body = yaml.safe_dump(config.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": f"tiered-router-{meta.name}",
+            "namespace": meta.namespace,
+            "labels": {**MANAGED_BY, "tiered.dev/policy": meta.name},
+        },
+        "data": {CONFIG_KEY: body},
+    }

@@ -1,0 +1,54 @@
+"""RoutingPolicy → RouterConfig: the burst flag from the policy status reaches the router's config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from tiered_operator.model import InferenceTier, RoutingPolicy
+from tiered_operator.objects import load_file
+from tiered_operator.router_config import CONFIG_KEY, render_router_configmap, router_config
+from tiered_router.config import RouterConfig, TierKind
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def examples() -> tuple[RoutingPolicy, dict[str, InferenceTier]]:
+    objects = [obj for path in sorted((ROOT / "examples").glob("*.yaml")) for obj in load_file(path)]
+    policy = next(obj for obj in objects if isinstance(obj, RoutingPolicy))
+    return policy, {obj.metadata.name: obj for obj in objects if isinstance(obj, InferenceTier)}
+
+
+def test_burst_flag_follows_the_policy_status() -> None:
+    policy, tiers = examples()
+    calm, _ = router_config(policy, tiers, bursting=False)
+    hot, _ = router_config(policy, tiers, bursting=True)
+    assert {t.name: (t.burst, t.burst_target) for t in calm.tiers}["triage"] == (False, "frontier")
+    assert {t.name: (t.burst, t.burst_target) for t in hot.tiers} == {
+        "triage": (True, "frontier"), "extract": (False, None), "edge": (False, None), "frontier": (False, None)}
+
+
+def test_tiers_endpoints_prices_and_rules() -> None:
+    policy, tiers = examples()
+    config, notes = router_config(policy, tiers, bursting=False)
+    by_name = {t.name: t for t in config.tiers}
+    triage, frontier = by_name["triage"], by_name["frontier"]
+    assert (triage.kind, triage.base_url, triage.model) == (
+        TierKind.LOCAL, "http://triage-serve-svc.default.svc.cluster.local:8000/v1", "llama-3.1-8b-instruct")
+    assert (triage.pricing.gpu_hour_usd, triage.pricing.gpus_per_replica) == (3.5, 0.25)
+    assert triage.concurrency == 64 and triage.fallback == ["frontier"]
+    assert (frontier.kind, frontier.model, frontier.api_key_env) == (
+        TierKind.EXTERNAL, "gpt-4.1", "TIERED_API_KEY_FRONTIER")
+    assert (frontier.pricing.input_per_m_tok, frontier.pricing.output_per_m_tok) == (2.0, 8.0)
+    assert [(r.tier, r.match.task_types) for r in config.rules] == [
+        ("edge", ["classification"]), ("extract", ["extraction"]), ("frontier", [])]
+    assert config.privacy.private_teams == ["legal"]
+    assert notes == ["escalation is not served by the router yet", "budgets are not enforced by the router yet"]
+
+
+def test_configmap_round_trips_through_the_routers_own_model() -> None:
+    policy, tiers = examples()
+    config, _ = router_config(policy, tiers, bursting=True)
+    configmap = render_router_configmap(policy, config)
+    assert configmap["metadata"]["name"] == "tiered-router-default"
+    assert RouterConfig.model_validate(yaml.safe_load(configmap["data"][CONFIG_KEY])) == config
