@@ -117,8 +117,8 @@ async def autoscale(
         return
     _apply(result.tier, body, patch)
     for change in result.policies:
-        await memo.kube.patch_status("routingpolicies", API_VERSION, change.namespace, change.name,
-                                     {"status": change.status})
+        await memo.kube.patch("routingpolicies", API_VERSION, change.namespace, change.name,
+                              {"status": change.status}, status=True)
         policy = next(p for p in policy_bodies.get(namespace, []) if p["metadata"]["name"] == change.name)
         for event in change.events:
             kopf.event(policy, type=event.type, reason=event.reason, message=event.message)

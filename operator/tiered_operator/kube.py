@@ -56,19 +56,16 @@ class Kube:
         return created
 
     async def patch(
-        self, plural: str, api_version: str, namespace: str, name: str, patch: Mapping[str, Any]
+        self, plural: str, api_version: str, namespace: str, name: str, patch: Mapping[str, Any],
+        *, status: bool = False,
     ) -> dict[str, Any]:
+        """JSON merge patch of an object, or of its status subresource."""
         group, _, version = api_version.partition("/")
-        patched: dict[str, Any] = await self._custom.patch_namespaced_custom_object(
-            group, version, namespace, plural, name, dict(patch), _content_type=MERGE_PATCH  # type: ignore[call-arg]
+        method = (
+            self._custom.patch_namespaced_custom_object_status if status
+            else self._custom.patch_namespaced_custom_object
         )
-        return patched
-
-    async def patch_status(
-        self, plural: str, api_version: str, namespace: str, name: str, patch: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        group, _, version = api_version.partition("/")
-        patched: dict[str, Any] = await self._custom.patch_namespaced_custom_object_status(
+        patched: dict[str, Any] = await method(
             group, version, namespace, plural, name, dict(patch), _content_type=MERGE_PATCH  # type: ignore[call-arg]
         )
         return patched

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tiered_operator.devstack.prometheus import free_port
+from tiered_operator.devstack.processes import free_port, poll, stop
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 KUBECTL = REPO_ROOT / ".bin" / "kubectl"
@@ -125,12 +125,7 @@ def running_emulator(workdir: Path, extra_args: Sequence[str] = (),
             time.sleep(0.05)
         yield emulator
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 @contextlib.contextmanager
@@ -147,12 +142,7 @@ def running_kopf(emulator: EmulatorProcess, args: Sequence[str], log: Path,
         print(f"--- kopf log ({log}) ---\n{log.read_text(errors='replace')}")
         raise
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=15)
 
 
 @dataclass
@@ -191,16 +181,5 @@ def running_operator(emulator: EmulatorProcess, workdir: Path, resync_seconds: f
 
 
 def eventually(check: Any, timeout: float = 20, interval: float = 0.2, what: str = "condition") -> Any:
-    """Poll `check()` until it returns something truthy (returned) or raise after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except AssertionError as error:
-            last = error
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}; last result: {last!r}")
+    """Poll `check()` until it returns something truthy (returned); a failing assert counts as not yet."""
+    return poll(lambda: check() or None, timeout=timeout, interval=interval, what=what, retry_on=(AssertionError,))

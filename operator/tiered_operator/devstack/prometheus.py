@@ -10,50 +10,18 @@ Fails loudly when the binary is missing (`make setup` installs it). Logs go to `
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Self
 
 import yaml
 
-T = TypeVar("T")
+from tiered_operator.devstack.processes import free_port, poll, stop
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def poll(
-    check: Callable[[], T | None],
-    *,
-    timeout: float = 30,
-    interval: float = 0.2,
-    what: str = "it",
-    retry_on: tuple[type[Exception], ...] = (Exception,),
-) -> T:
-    """Call ``check`` until it returns something other than None; ``retry_on`` exceptions count as not yet
-    (the last one is reported on timeout), others propagate."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except retry_on as error:
-            last = error
-        else:
-            if result is not None:
-                return result
-        time.sleep(interval)
-    raise TimeoutError(f"waited {timeout:g} s for {what}" + (f"; last error: {last!r}" if last else ""))
-
+__all__ = ["Prometheus", "free_port", "poll", "prometheus_binary"]
 
 def prometheus_binary() -> str:
     binary = shutil.which("prometheus") or shutil.which("prometheus", path="/usr/bin")
@@ -115,14 +83,7 @@ class Prometheus:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop(process)
 
     def __enter__(self) -> Self:
         return self.start()
