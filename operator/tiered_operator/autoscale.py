@@ -60,10 +60,6 @@ class TickResult:
     policies: list[PolicyPatch] = field(default_factory=list)
 
 
-def _iso(now: float) -> str:
-    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _merge_status(outcome: Outcome, existing: Mapping[str, Any], extra: Mapping[str, Any],
                   updates: list[c.Condition], generation: int, now: float) -> None:
     """Fold autoscaler keys and conditions into a reconcile outcome, keeping only what changed."""
@@ -156,7 +152,7 @@ async def autoscale_tick(
     if decision.signal is not None:
         extra["utilization"] = round(decision.signal, 1)
     if decision.state.last_scale_time is not None:
-        extra["lastScaleTime"] = _iso(decision.state.last_scale_time)
+        extra["lastScaleTime"] = c.timestamp(datetime.fromtimestamp(decision.state.last_scale_time, UTC))
     _merge_status(result.tier, existing, extra, [metrics, scaling], generation, now)
 
     at_max = decision.replicas >= spec.replicas.max
