@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import psutil
-from tiered_operator.devstack.cluster import running_emulator, running_operator
+from tiered_operator.devstack.cluster import EmulatorProcess, running_emulator, running_operator
 
 NAMESPACE = "bench"
 
@@ -78,6 +78,16 @@ async def create_and_watch(url: str, names: list[str], timeout: float, rate: flo
     return created, appeared
 
 
+def settle(emulator: EmulatorProcess, quiet_seconds: float = 2.0, timeout: float = 60.0) -> None:
+    """Wait (bounded) until a `quiet_seconds` window passes with no API writes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        emulator.reset_requests()
+        time.sleep(quiet_seconds)
+        if emulator.writes() == 0:
+            return
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
@@ -102,11 +112,12 @@ def main() -> int:
         elapsed = max(appeared.values()) - started
         cpu_burst = sum(process.cpu_times()[:2]) - cpu_before
         latencies = [(appeared[name] - created[name]) * 1000 for name in created]
+        settle(emulator)  # the burst's status patches and Events, so the paced run starts on a quiet operator
         paced_names = [f"paced-{i:04d}" for i in range(args.paced_tiers)]
         created, appeared = asyncio.run(create_and_watch(emulator.url, paced_names, 120, args.paced_rate))
         paced = [(appeared[name] - created[name]) * 1000 for name in created]
 
-        time.sleep(min(10.0, args.resync_seconds))  # let status writes of the burst finish
+        settle(emulator)
         emulator.reset_requests()
         cpu_steady_before = sum(process.cpu_times()[:2])
         time.sleep(args.steady_seconds)
