@@ -38,6 +38,9 @@ class TierLoop:
     scaling: ScalingState = field(default_factory=ScalingState)
     next_tick: float = 0.0
     failures: int = 0
+    # The replicas last decided. Resync reconciles read this rather than status, which kopf patches only
+    # after a handler returns: a resync in between would otherwise undo a fresh scale.
+    replicas: int | None = None
 
 
 @dataclass
@@ -138,7 +141,7 @@ async def autoscale_tick(
     loop.next_tick = now + min(delay, max(MAX_BACKOFF_SECONDS, spec.autoscaling.interval_seconds))
 
     decision = decide_replicas(sample, loop.scaling, current, spec.autoscaling, spec.replicas, now)
-    loop.scaling = decision.state
+    loop.scaling, loop.replicas = decision.state, decision.replicas
     result = TickResult()
     if decision.changed:
         result.tier = await reconcile_tier(body, actual, writer, datetime.fromtimestamp(now, UTC),

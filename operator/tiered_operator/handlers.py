@@ -86,7 +86,9 @@ async def tier(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, rayservices: kopf.Index[Any, Any], **_: Any
 ) -> None:
     actual = _one(rayservices, (body.metadata.namespace, body.metadata.name))
-    outcome = await reconcile_tier(body, actual, memo.kube, datetime.now(UTC))
+    loop = memo.loops.tiers.get(body.metadata.uid)
+    outcome = await reconcile_tier(body, actual, memo.kube, datetime.now(UTC),
+                                   autoscaled_replicas=loop.replicas if loop else None)
     _apply(outcome, body, patch)
 
 
