@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "router": ("tiered_router.server:router", "Serve the OpenAI-compatible router"),
     "render": ("tiered_operator.commands:render", "Print what the operator would create for the objects in FILE"),
     "plan": ("tiered_operator.commands:plan", "Print the capacity plan of the InferenceTiers in FILE"),
+    "operator": ("tiered_operator.handlers:operator", "Run the operator (kopf) against the current kubeconfig"),
     "cluster": ("tiered_operator.emulator:cluster", "Start a local Kubernetes API emulator"),
     "simulate": (
         "tiered_operator.simulate:simulate",

@@ -1,12 +1,13 @@
 """kopf wiring: every decorator of the operator lives here, each delegating to `reconcile` in a line or two.
 
-Run with `kopf run --standalone -A -m tiered_operator.handlers` (or `tiered operator`).
+Run with `tiered operator` (or `kopf run --standalone -A -m tiered_operator.handlers`).
 Children are read from in-memory indexes fed by watches, so periodic reconciles cost no API reads,
 and a reconcile that finds nothing to change writes nothing.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from collections.abc import Mapping
@@ -124,3 +125,16 @@ async def autoscale(
         policy = next(p for p in policy_bodies.get(namespace, []) if p["metadata"]["name"] == change.name)
         for event in change.events:
             kopf.event(policy, type=event.type, reason=event.reason, message=event.message)
+
+
+def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("-n", "--namespace", action="append", default=None,
+                        help="watch only these namespaces (repeatable); default: the whole cluster")
+
+
+def operator(args: argparse.Namespace) -> int:
+    """`tiered operator`: run these handlers with kopf (standalone: no peering objects needed)."""
+    kopf.run(standalone=True, clusterwide=not args.namespace, namespaces=args.namespace or (),
+             liveness_endpoint=args.liveness)
+    return 0
