@@ -58,8 +58,8 @@ def rayservices(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tu
 
 
 @kopf.index(*TIERS)
-def tier_statuses(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[tuple[str, str], Any]:
-    return {(namespace, name): dict(status)}
+def tier_bodies(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], Any]:
+    return {(namespace, name): dict(body)}
 
 
 @kopf.index(*POLICIES)
@@ -87,10 +87,33 @@ async def tier(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, rayservices: kopf.Index[Any, Any], **_: Any
 ) -> None:
     actual = _one(rayservices, (body.metadata.namespace, body.metadata.name))
-    loop = memo.loops.tiers.get(body.metadata.uid)
-    outcome = await reconcile_tier(body, actual, memo.kube, datetime.now(UTC),
-                                   autoscaled_replicas=loop.replicas if loop else None)
-    _apply(outcome, body, patch)
+    _apply(await _reconcile(body, actual, memo), body, patch)
+
+
+async def _reconcile(body: Mapping[str, Any], actual: Mapping[str, Any] | None, memo: kopf.Memo) -> Outcome:
+    loop = memo.loops.tiers.get(body["metadata"].get("uid"))
+    return await reconcile_tier(body, actual, memo.kube, datetime.now(UTC),
+                                autoscaled_replicas=loop.replicas if loop else None)
+
+
+@kopf.on.event(*RAYSERVICES, labels=MANAGED)
+async def rayservice_changed(
+    type: str, body: kopf.Body, memo: kopf.Memo, tier_bodies: kopf.Index[Any, Any], **_: Any
+) -> None:
+    """KubeRay changed a child (readiness, health): reconcile its tier now rather than at the next resync."""
+    if not body.get("status"):
+        return  # a child KubeRay has not reported on yet: nothing the tier's own reconcile did not know
+    owner = next((ref["name"] for ref in body.metadata.get("ownerReferences") or []
+                  if ref.get("kind") == "InferenceTier"), None)
+    tier_body = _one(tier_bodies, (body.metadata.namespace, owner)) if owner and type != "DELETED" else None
+    if tier_body is None:
+        return
+    outcome = await _reconcile(tier_body, body, memo)
+    if outcome.status_patch:
+        await memo.kube.patch("inferencetiers", API_VERSION, body.metadata.namespace, owner,
+                              {"status": outcome.status_patch}, status=True)
+    for event in outcome.events:
+        kopf.event(tier_body, type=event.type, reason=event.reason, message=event.message)
 
 
 @kopf.on.resume(*POLICIES)
@@ -98,11 +121,11 @@ async def tier(
 @kopf.on.update(*POLICIES)
 @kopf.timer(*POLICIES, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 async def policy(
-    body: kopf.Body, patch: kopf.Patch, tier_statuses: kopf.Index[Any, Any], **_: Any
+    body: kopf.Body, patch: kopf.Patch, tier_bodies: kopf.Index[Any, Any], **_: Any
 ) -> None:
     namespace = body.metadata.namespace
-    tiers = {name: status for (ns, name), statuses in tier_statuses.items() if ns == namespace
-             for status in statuses}
+    tiers = {name: tier.get("status") or {} for (ns, name), tiers in tier_bodies.items() if ns == namespace
+             for tier in tiers}
     _apply(policy_status(body, tiers, datetime.now(UTC)), body, patch)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from bed import EmulatorProcess, OperatorProcess, eventually
+from bed import EmulatorProcess, OperatorProcess, eventually, running_operator
 from tiered_operator.commands import render_documents
 from tiered_operator.crd_validation import apply_defaults
 from tiered_operator.render import SPEC_HASH_ANNOTATION
@@ -201,3 +201,22 @@ def test_kubectl_scale_drives_a_tier_without_autoscaling(
     assert tier["spec"]["replicas"]["desired"] == 3
     result = emulator.kubectl("scale", "itier", "edge", "--replicas=9", check=False)
     assert result.returncode != 0 and "replicas.desired must lie between" in result.stderr
+
+
+def test_kuberay_readiness_reaches_the_tier_without_waiting_for_a_resync(
+    emulator: EmulatorProcess, tmp_path: Path
+) -> None:
+    with running_operator(emulator, tmp_path, resync_seconds=600):  # no resync during this test
+        apply_examples(emulator)
+        eventually(lambda: get(emulator, "rayservice", "edge"))
+        emulator.kubectl("patch", "rayservice", "edge", "--subresource=status", "--type=merge", "-p", json.dumps(
+            {"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "RayServiceReady",
+                                        "message": "Serve applications are running",
+                                        "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}))
+        tier = eventually(lambda: (t := get(emulator, "itier", "edge")) and condition(t, "Ready").get("status")
+                          == "True" and t, timeout=10, what="edge Ready from the RayService event")
+        assert tier["status"]["replicas"]["ready"] == 1
+        assert condition(tier, "Progressing")["status"] == "False"
+        emulator.reset_requests()
+        time.sleep(2)
+        assert emulator.writes() == 0  # the tier's own status change does not loop back into more writes
