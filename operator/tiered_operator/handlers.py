@@ -100,15 +100,17 @@ async def _reconcile(body: Mapping[str, Any], actual: Mapping[str, Any] | None, 
 async def rayservice_changed(
     type: str, body: kopf.Body, memo: kopf.Memo, tier_bodies: kopf.Index[Any, Any], **_: Any
 ) -> None:
-    """KubeRay changed a child (readiness, health): reconcile its tier now rather than at the next resync."""
-    if not body.get("status"):
+    """A child changed: KubeRay reported (readiness, health) or someone deleted it. Reconcile its tier now
+    rather than at the next resync, which also recreates a deleted child."""
+    deleted = type == "DELETED"
+    if not deleted and not body.get("status"):
         return  # a child KubeRay has not reported on yet: nothing the tier's own reconcile did not know
     owner = next((ref["name"] for ref in body.metadata.get("ownerReferences") or []
                   if ref.get("kind") == "InferenceTier"), None)
-    tier_body = _one(tier_bodies, (body.metadata.namespace, owner)) if owner and type != "DELETED" else None
-    if tier_body is None:
-        return
-    outcome = await _reconcile(tier_body, body, memo)
+    tier_body = _one(tier_bodies, (body.metadata.namespace, owner)) if owner else None
+    if tier_body is None or tier_body["metadata"].get("deletionTimestamp"):
+        return  # the owner is gone or going: garbage collection, not drift
+    outcome = await _reconcile(tier_body, None if deleted else body, memo)
     if outcome.status_patch:
         await memo.kube.patch("inferencetiers", API_VERSION, body.metadata.namespace, owner,
                               {"status": outcome.status_patch}, status=True)

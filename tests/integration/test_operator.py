@@ -220,3 +220,14 @@ def test_kuberay_readiness_reaches_the_tier_without_waiting_for_a_resync(
         emulator.reset_requests()
         time.sleep(2)
         assert emulator.writes() == 0  # the tier's own status change does not loop back into more writes
+
+
+def test_a_deleted_rayservice_is_recreated_at_once(emulator: EmulatorProcess, tmp_path: Path) -> None:
+    with running_operator(emulator, tmp_path, resync_seconds=600):  # no resync during this test
+        apply_examples(emulator)
+        first = eventually(lambda: get(emulator, "rayservice", "triage"))
+        emulator.kubectl("delete", "rayservice", "triage")
+        again = eventually(lambda: (r := get(emulator, "rayservice", "triage"))
+                           and r["metadata"]["uid"] != first["metadata"]["uid"] and r, timeout=10,
+                           what="a new RayService triage")
+        assert again["spec"] == first["spec"]
