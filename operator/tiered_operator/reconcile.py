@@ -132,6 +132,8 @@ def _changed(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str
 
 
 def _events(before: Any, after: list[dict[str, Any]]) -> list[Event]:
+    """Events for the flips a person wants to hear of: the spec became invalid, readiness was gained or
+    lost (not the first "not ready yet" of a new object), the application degraded."""
     events = []
     if (invalid := c.flipped(before, after, c.INVALID)) and invalid["status"] == "True":
         events.append(Event("Warning", str(invalid["reason"]), str(invalid["message"])))
