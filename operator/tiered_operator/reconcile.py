@@ -68,17 +68,10 @@ def child_action(desired: Mapping[str, Any], actual: Mapping[str, Any] | None) -
         return ChildAction("create")
     actual_hash = (actual.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
     if actual_hash != desired["metadata"]["annotations"][SPEC_HASH_ANNOTATION]:
-        return ChildAction(
-            "update",
-            {
-                "metadata": {
-                    "labels": desired["metadata"]["labels"],
-                    "annotations": desired["metadata"]["annotations"],
-                    "ownerReferences": desired["metadata"].get("ownerReferences"),
-                },
-                "spec": desired["spec"],
-            },
-        )
+        # A merge patch's null deletes: carry only the metadata the render set.
+        metadata = {key: desired["metadata"][key] for key in ("labels", "annotations", "ownerReferences")
+                    if key in desired["metadata"]}
+        return ChildAction("update", {"metadata": metadata, "spec": desired["spec"]})
     if replica_fields(actual) != replica_fields(desired):
         return ChildAction(
             "rescale",
