@@ -407,21 +407,22 @@ class ObjectMeta(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
-class InferenceTier(BaseModel):
+class _Object(BaseModel):
+    """A whole custom resource as read from the API or a file; status is the operator's, not parsed."""
+
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    kind: Literal["InferenceTier"] = "InferenceTier"
     api_version: str = Field(default=API_VERSION, alias="apiVersion")
     metadata: ObjectMeta
+
+
+class InferenceTier(_Object):
+    kind: Literal["InferenceTier"] = "InferenceTier"
     spec: InferenceTierSpec
 
 
-class RoutingPolicy(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
+class RoutingPolicy(_Object):
     kind: Literal["RoutingPolicy"] = "RoutingPolicy"
-    api_version: str = Field(default=API_VERSION, alias="apiVersion")
-    metadata: ObjectMeta
     spec: RoutingPolicySpec
 
 

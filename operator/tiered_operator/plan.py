@@ -77,12 +77,11 @@ def replica_memory_gib(spec: InferenceTierSpec) -> tuple[float, float, float]:
     return weights, kv, overhead
 
 
-def _quantize_hint(spec: InferenceTierSpec, need: float, usable: float) -> str:
+def _quantize_hint(spec: InferenceTierSpec, usable: float) -> str:
     if spec.model.bits <= 4:
         return "use a larger accelerator or a smaller model"
-    weights, kv, _ = replica_memory_gib(spec)
-    at_4_bits = weights * 4 / spec.model.bits
-    total_4 = at_4_bits + kv + RUNTIME_BASE_GIB + RUNTIME_SHARE_OF_WEIGHTS * at_4_bits
+    at_4_bits = spec.model_copy(update={"model": spec.model.model_copy(update={"bits": 4})})
+    total_4 = sum(replica_memory_gib(at_4_bits))
     return f"quantize to 4 bits (~{total_4:.0f} GiB)" if total_4 <= usable else "use a smaller model"
 
 
@@ -123,7 +122,7 @@ def plan_capacity(spec: InferenceTierSpec) -> CapacityPlan:
                 raise PlanError(
                     f"{label} needs ~{need:.0f} GiB per replica; {where}, so it needs "
                     f"{tensor_parallel} GPUs, more than one node's {MAX_GPUS_PER_NODE}; "
-                    f"{_quantize_hint(spec, need, usable * MAX_GPUS_PER_NODE)}"
+                    f"{_quantize_hint(spec, usable * MAX_GPUS_PER_NODE)}"
                 )
             per_gpu, gpus = 1, float(tensor_parallel)
     elif requested < 1:
@@ -131,7 +130,7 @@ def plan_capacity(spec: InferenceTierSpec) -> CapacityPlan:
             raise PlanError(
                 f"{label} needs ~{need:.0f} GiB per replica; gpusPerReplica {requested:g} gives "
                 f"{usable * requested:.0f} GiB of {accelerator.type}; raise gpusPerReplica to at least "
-                f"{_fraction_that_fits(need, usable)} or {_quantize_hint(spec, need, usable * requested)}"
+                f"{_fraction_that_fits(need, usable)} or {_quantize_hint(spec, usable * requested)}"
             )
         per_gpu = int(1 / requested)
         gpus = 1 / per_gpu
@@ -150,7 +149,7 @@ def plan_capacity(spec: InferenceTierSpec) -> CapacityPlan:
             minimum = 2 ** math.ceil(math.log2(need / usable))
             raise PlanError(
                 f"{label} needs ~{need:.0f} GiB per replica; {where}; "
-                f"set gpusPerReplica ≥ {minimum} or {_quantize_hint(spec, need, usable * tensor_parallel)}"
+                f"set gpusPerReplica ≥ {minimum} or {_quantize_hint(spec, usable * tensor_parallel)}"
             )
         per_gpu, gpus = 1, float(tensor_parallel)
 
