@@ -18,7 +18,7 @@ $(STAMPS)/python: pyproject.toml
 	@mkdir -p $(STAMPS)
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e '.[dev]'
+	$(VPY) -m pip install -q -e '.[dev,devstack]'
 	@touch $@
 
 $(BIN)/kubectl:
@@ -34,12 +34,12 @@ test: lint ## lint, then run all tests (unit, integration, e2e)
 	$(VPY) -m pytest -q -p no:cacheprovider
 
 lint: setup ## ruff, mypy (strict on pure modules), import-linter
-	$(VENV)/bin/ruff check operator router serving tests bench
-	$(VENV)/bin/mypy operator/tiered_operator router/tiered_router
+	$(VENV)/bin/ruff check operator router serving devstack tests bench
+	$(VENV)/bin/mypy operator/tiered_operator router/tiered_router devstack/tiered_devstack
 	$(VENV)/bin/lint-imports
 
 crds: setup ## regenerate crds/ from the pydantic models
-	$(VPY) -m tiered_operator.crds crds
+	$(VPY) -m tiered_operator.api.crds crds
 
 bench: setup ## print performance numbers
 	$(VPY) bench/reconcile.py
@@ -47,7 +47,7 @@ bench: setup ## print performance numbers
 	$(VPY) bench/router.py
 
 demo: setup ## run the local stack: emulator, Prometheus, operator, examples; ARGS=--keep leaves it up
-	$(VPY) -m tiered_operator.demo $(ARGS)
+	$(VPY) -m tiered_devstack.demo $(ARGS)
 
 clean: ## remove installed tools and caches
 	rm -rf $(VENV) $(BIN) $(STAMPS)

@@ -2,7 +2,7 @@
 whether it flaps.
 
 Each trace is a true signal at 1 s resolution. Prometheus scrapes it every 15 s and the operator decides
-every 15 s (the defaults), through `tiered_operator.simulate.replay`: the same `decide_burst` and
+every 15 s (the defaults), through `tiered_operator.cli.simulate.replay`: the same `decide_burst` and
 `decide_replicas` the operator runs. Every combination of scrape phase and decision phase is replayed, so
 the delays are the real spread, not one lucky alignment.
 
@@ -19,8 +19,8 @@ import sys
 import time
 from collections.abc import Callable
 
-from tiered_operator.model import Burst, InferenceTierSpec
-from tiered_operator.simulate import LoadModel, Point, Tick, replay
+from tiered_operator.api.model import Burst, InferenceTierSpec
+from tiered_operator.cli.simulate import LoadModel, Point, Tick, replay
 
 INTERVAL = 15
 HOURS = 2

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import psutil
-from tiered_operator.devstack.cluster import EmulatorProcess, running_emulator, running_operator
+from tiered_devstack.cluster import EmulatorProcess, running_emulator, running_operator
 
 NAMESPACE = "bench"
 

@@ -2,7 +2,7 @@
 
 For each path: latency at 1 request in flight (p50/p99, and what the proxy adds over direct) and throughput
 at 32 in flight (requests/s, errors), plus the proxy's CPU time per request. The proxy under test is pinned
-to one core; the fake upstream (`tiered_router.fake_upstream --fast`, a canned reply from a bare asyncio
+to one core; the fake upstream (`tiered_devstack.fake_upstream --fast`, a canned reply from a bare asyncio
 protocol) and this load generator (raw keep-alive HTTP/1.1 on asyncio streams) share the other, so the
 proxy is what limits throughput. The router runs with routing (`model: auto` through rules), metrics and
 cost accounting on. LiteLLM runs from its own venv (`.bench-venv/litellm`, created on first use); if it
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 import psutil
-from tiered_router import fake_upstream
+from tiered_devstack import fake_upstream
 
 ROOT = Path(__file__).resolve().parents[1]
 LITELLM_VENV = ROOT / ".bench-venv" / "litellm"
@@ -308,7 +308,7 @@ def main() -> int:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     results: dict[str, Result | str] = {}
     tmp = Path(tempfile.mkdtemp(prefix="bench-router-"))
-    fake_args = ["-m", "tiered_router.fake_upstream", "--fast"]
+    fake_args = ["-m", "tiered_devstack.fake_upstream", "--fast"]
     with ours(fake_args, tmp / "fake.log", min(LOAD_CORES)) as (_, upstream):
         print(
             f"cores: proxy on {PROXY_CORE}, fake upstream + load generator on {sorted(LOAD_CORES)}; "

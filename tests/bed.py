@@ -1,4 +1,4 @@
-"""Test bed: the emulator and operator processes live in `tiered_operator.devstack.cluster` (the demo and the
+"""Test bed: the emulator and operator processes live in `tiered_devstack.cluster` (the demo and the
 benchmarks use them too); this module re-exports them for the tests and keeps the emulator's own benchmark.
 
 `python tests/bed.py --bench` prints the emulator's throughput (GET and PATCH per second, 500 objects).
@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tiered_operator.devstack.cluster import (
+from tiered_devstack.cluster import (
     KUBECTL,
     MERGE,
     REPO_ROOT,

@@ -14,16 +14,16 @@ from typing import Any
 
 import httpx
 import yaml
-from tiered_router import fake_upstream
+from tiered_devstack import fake_upstream
 
 
 class FakeUpstream:
-    """A running `tiered_router.fake_upstream` process and its control API."""
+    """A running `tiered_devstack.fake_upstream` process and its control API."""
 
     def __init__(self, name: str, tmp: Path) -> None:
         self.name = name
         self.process, self.url = fake_upstream.spawn(
-            ["-m", "tiered_router.fake_upstream", "--name", name], tmp / f"fake-{name}.log"
+            ["-m", "tiered_devstack.fake_upstream", "--name", name], tmp / f"fake-{name}.log"
         )
         self.base_url = f"{self.url}/v1"
         self.control = httpx.Client(base_url=self.url, timeout=10)

@@ -6,13 +6,13 @@ import subprocess
 import sys
 
 import pytest
-from tiered_operator.devstack.cluster import REPO_ROOT
+from tiered_devstack.cluster import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
 
 def test_demo_runs_through_scale_and_burst_and_stops_cleanly() -> None:
-    result = subprocess.run([sys.executable, "-m", "tiered_operator.demo"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "tiered_devstack.demo"], capture_output=True, text=True,
                             timeout=400, cwd=REPO_ROOT)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr

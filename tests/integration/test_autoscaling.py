@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 from bed import EmulatorProcess, OperatorProcess, eventually, running_operator
-from tiered_operator.devstack.dcgm_exporter import DcgmExporter, gpu
-from tiered_operator.devstack.prometheus import Prometheus
-from tiered_operator.render import SPEC_HASH_ANNOTATION
+from tiered_devstack.dcgm_exporter import DcgmExporter, gpu
+from tiered_devstack.prometheus import Prometheus
+from tiered_operator.core.render import SPEC_HASH_ANNOTATION
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -273,7 +273,7 @@ def test_crd_validation_rejects_invalid_objects(emulator: EmulatorProcess) -> No
 async def test_validator_hook_and_rayservice_fallback_in_process() -> None:
     import aiohttp
     import kmock
-    from tiered_operator.emulator import Emulator, load_crds
+    from tiered_devstack.emulator import Emulator, load_crds
 
     def validate(crd: dict[str, Any], new: dict[str, Any], old: dict[str, Any] | None) -> list[str]:
         return [] if new["spec"].get("color") == "blue" else ["spec.color: Unsupported value: only blue"]

@@ -9,9 +9,9 @@ from typing import Any
 
 import yaml
 from bed import EmulatorProcess, OperatorProcess, eventually, running_operator
-from tiered_operator.commands import render_documents
-from tiered_operator.crd_validation import apply_defaults
-from tiered_operator.render import SPEC_HASH_ANNOTATION
+from tiered_operator.api.crd_validation import apply_defaults
+from tiered_operator.cli.commands import render_documents
+from tiered_operator.core.render import SPEC_HASH_ANNOTATION
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERAY_CRD = yaml.safe_load((ROOT.parent / "shared" / "kuberay" / "ray.io_rayservices.yaml").read_text())

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tiered_operator.devstack.dcgm_exporter import ENGINE_ACTIVE, DcgmExporter, Series, gpu
-from tiered_operator.devstack.prometheus import Prometheus, poll
-from tiered_operator.metrics import MetricsUnavailable, PrometheusSignalSource, SignalQuery, signal_query
-from tiered_operator.model import AutoscalingSpec
-from tiered_operator.scaling import Sample
+from tiered_devstack.dcgm_exporter import ENGINE_ACTIVE, DcgmExporter, Series, gpu
+from tiered_devstack.prometheus import Prometheus, poll
+from tiered_operator.api.model import AutoscalingSpec
+from tiered_operator.controller.metrics import MetricsUnavailable, PrometheusSignalSource, SignalQuery, signal_query
+from tiered_operator.core.scaling import Sample
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiered_operator.burst import BurstDecision, BurstState, decide_burst
-from tiered_operator.model import Burst
-from tiered_operator.scaling import Sample
+from tiered_operator.api.model import Burst
+from tiered_operator.core.burst import BurstDecision, BurstState, decide_burst
+from tiered_operator.core.scaling import Sample
 
 T0 = 1_800_000_000.0
 STEP = 15

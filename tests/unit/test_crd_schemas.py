@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
-from tiered_operator.crd_validation import apply_defaults, validate_object
-from tiered_operator.crds import all_crds, dump, inference_tier_crd, routing_policy_crd
+from tiered_operator.api.crd_validation import apply_defaults, validate_object
+from tiered_operator.api.crds import all_crds, dump, inference_tier_crd, routing_policy_crd
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tiered_operator.crd_validation import (
+from tiered_operator.api.crd_validation import (
     FieldError,
     apply_defaults,
     compile_rules,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from tiered_operator.emulator import (
+from tiered_devstack.emulator import (
     ApiError,
     Kind,
     PatchError,

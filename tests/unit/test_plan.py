@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from tiered_operator.model import InferenceTierSpec
-from tiered_operator.plan import PlanError, plan_capacity, replica_memory_gib
+from tiered_operator.api.model import InferenceTierSpec
+from tiered_operator.core.plan import PlanError, plan_capacity, replica_memory_gib
 
 
 def spec(parameters: str, bits: int, quantization: str = "none", accelerator: str = "H100",

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-from tiered_operator import conditions as c
-from tiered_operator.reconcile import (
+from tiered_operator.api import conditions as c
+from tiered_operator.core.reconcile import (
     ChildAction,
     child_action,
     policy_status,

@@ -10,11 +10,11 @@ import jsonschema
 import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
-from tiered_operator.commands import render_documents
-from tiered_operator.model import InferenceTier
-from tiered_operator.objects import Skipped, load_file
-from tiered_operator.plan import plan_capacity
-from tiered_operator.render import (
+from tiered_operator.api.model import InferenceTier
+from tiered_operator.api.objects import Skipped, load_file
+from tiered_operator.cli.commands import render_documents
+from tiered_operator.core.plan import plan_capacity
+from tiered_operator.core.render import (
     SPEC_HASH_ANNOTATION,
     render_rayservice,
     replica_fields,

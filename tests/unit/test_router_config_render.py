@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from tiered_operator.model import InferenceTier, RoutingPolicy
-from tiered_operator.objects import load_file
-from tiered_operator.router_config import CONFIG_KEY, render_router_configmap, router_config
+from tiered_operator.api.model import InferenceTier, RoutingPolicy
+from tiered_operator.api.objects import load_file
+from tiered_operator.core.router_config import CONFIG_KEY, render_router_configmap, router_config
 from tiered_router.config import RouterConfig, TierKind
 
 ROOT = Path(__file__).resolve().parents[2]

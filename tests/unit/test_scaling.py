@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from tiered_operator.model import AutoscalingSpec, ReplicasSpec
-from tiered_operator.scaling import Sample, ScalingDecision, ScalingState, decide_replicas
+from tiered_operator.api.model import AutoscalingSpec, ReplicasSpec
+from tiered_operator.core.scaling import Sample, ScalingDecision, ScalingState, decide_replicas
 
 T0 = 1_800_000_000.0  # any wall-clock origin; decisions only use differences
 STEP = 15

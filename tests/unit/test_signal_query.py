@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from tiered_operator.metrics import MetricsUnavailable, one_number, signal_query
-from tiered_operator.model import AutoscalingSpec
+from tiered_operator.api.model import AutoscalingSpec
+from tiered_operator.controller.metrics import MetricsUnavailable, one_number, signal_query
 
 SELECTOR = 'namespace="prod", pod=~"triage-[a-z0-9]{5}-.*worker.*"'
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tiered_operator.api.model import InferenceTierSpec
 from tiered_operator.cli import main
-from tiered_operator.model import InferenceTierSpec
-from tiered_operator.simulate import LoadModel, Point, TraceError, parse_trace, replay
+from tiered_operator.cli.simulate import LoadModel, Point, TraceError, parse_trace, replay
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 # an exit code; its module also exposes `add_arguments(parser)`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "router": ("tiered_router.server:router", "Serve the OpenAI-compatible router"),
-    "render": ("tiered_operator.commands:render", "Print what the operator would create for the objects in FILE"),
-    "plan": ("tiered_operator.commands:plan", "Print the capacity plan of the InferenceTiers in FILE"),
-    "operator": ("tiered_operator.handlers:operator", "Run the operator (kopf) against the current kubeconfig"),
-    "cluster": ("tiered_operator.emulator:cluster", "Start a local Kubernetes API emulator"),
+    "render": ("tiered_operator.cli.commands:render", "Print what the operator would create for the objects in FILE"),
+    "plan": ("tiered_operator.cli.commands:plan", "Print the capacity plan of the InferenceTiers in FILE"),
+    "operator": ("tiered_operator.controller.handlers:operator", "Run the operator (kopf) on the current kubeconfig"),
+    "cluster": ("tiered_devstack.emulator:cluster", "Start a local Kubernetes API emulator"),
     "simulate": (
-        "tiered_operator.simulate:simulate",
+        "tiered_operator.cli.simulate:simulate",
         "Replay a utilization trace through the scaling and burst decisions",
     ),
 }
@@ -57,5 +57,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tiered_operator.model import Burst
-from tiered_operator.scaling import Sample, fresh
+from tiered_operator.api.model import Burst
+from tiered_operator.core.scaling import Sample, fresh
 
 BurstReason = Literal["BurstStarted", "BurstEnded", "Bursting", "NotBursting", "MetricsUnavailable"]
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-from tiered_operator import conditions as c
-from tiered_operator.model import InferenceTier, RoutingPolicy
-from tiered_operator.objects import InvalidObject, parse_spec
-from tiered_operator.plan import CapacityPlan, PlanError, plan_capacity
-from tiered_operator.render import (
+from tiered_operator.api import conditions as c
+from tiered_operator.api.model import InferenceTier, RoutingPolicy
+from tiered_operator.api.objects import InvalidObject, parse_spec
+from tiered_operator.core.plan import CapacityPlan, PlanError, plan_capacity
+from tiered_operator.core.render import (
     SPEC_HASH_ANNOTATION,
     TIER_LABEL,
     desired_replicas,

@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tiered_operator.model import AutoscalingSpec, ReplicasSpec
+from tiered_operator.api.model import AutoscalingSpec, ReplicasSpec
 
 ScalingReason = Literal[
     "ScaledUp",

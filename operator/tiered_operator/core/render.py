@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from tiered_operator.model import InferenceTier, InferenceTierSpec
-from tiered_operator.plan import CapacityPlan
+from tiered_operator.api.model import InferenceTier, InferenceTierSpec
+from tiered_operator.core.plan import CapacityPlan
 
 RAYSERVICE_API_VERSION = "ray.io/v1"
 SPEC_HASH_ANNOTATION = "tiered.dev/spec-hash"

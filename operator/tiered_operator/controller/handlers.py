@@ -1,6 +1,6 @@
 """kopf wiring: every decorator of the operator lives here, each delegating to `reconcile` in a line or two.
 
-Run with `tiered operator` (or `kopf run --standalone -A -m tiered_operator.handlers`).
+Run with `tiered operator` (or `kopf run --standalone -A -m tiered_operator.controller.handlers`).
 Children are read from in-memory indexes fed by watches, so periodic reconciles cost no API reads,
 and a reconcile that finds nothing to change writes nothing.
 """
@@ -16,11 +16,11 @@ from typing import Any
 
 import kopf
 
-from tiered_operator.autoscale import LoopState, autoscale_tick
-from tiered_operator.kube import Kube
-from tiered_operator.metrics import PrometheusSignalSource
-from tiered_operator.model import API_VERSION, GROUP, VERSION
-from tiered_operator.reconcile import Outcome, policy_status, reconcile_tier
+from tiered_operator.api.model import API_VERSION, GROUP, VERSION
+from tiered_operator.controller.autoscale import LoopState, autoscale_tick
+from tiered_operator.controller.kube import Kube
+from tiered_operator.controller.metrics import PrometheusSignalSource
+from tiered_operator.core.reconcile import Outcome, policy_status, reconcile_tier
 
 TIERS = (GROUP, VERSION, "inferencetiers")
 POLICIES = (GROUP, VERSION, "routingpolicies")

@@ -1,7 +1,7 @@
 """Typed specs of the `tiered.dev/v1alpha1` custom resources: the one source of the CRDs.
 
 Each custom resource is parsed once into a frozen pydantic model; nothing deeper indexes raw dicts.
-Field descriptions, bounds and defaults become the CRD's OpenAPI schema (`tiered_operator.crds`), and the
+Field descriptions, bounds and defaults become the CRD's OpenAPI schema (`tiered_operator.api.crds`), and the
 cross-field rules are CEL expressions attached with `cel(...)`, enforced by the API server (and by
 `crd_validation` offline), so they are written once.
 

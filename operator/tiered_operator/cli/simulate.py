@@ -26,12 +26,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from tiered_operator.burst import BurstDecision, BurstState, decide_burst
+from tiered_operator.api.model import Burst, InferenceTier, InferenceTierSpec, RoutingPolicy
 from tiered_operator.cli import UsageError
-from tiered_operator.commands import _load as load_objects  # files or folders; errors → UsageError
-from tiered_operator.model import Burst, InferenceTier, InferenceTierSpec, RoutingPolicy
-from tiered_operator.plan import PlanError, plan_capacity
-from tiered_operator.scaling import Sample, ScalingDecision, ScalingState, decide_replicas
+from tiered_operator.cli.commands import _load as load_objects  # files or folders; errors → UsageError
+from tiered_operator.core.burst import BurstDecision, BurstState, decide_burst
+from tiered_operator.core.plan import PlanError, plan_capacity
+from tiered_operator.core.scaling import Sample, ScalingDecision, ScalingState, decide_replicas
 
 TraceKind = Literal["utilization", "rps"]
 

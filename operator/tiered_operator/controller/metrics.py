@@ -32,8 +32,8 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
-from tiered_operator.model import AutoscalingSpec
-from tiered_operator.scaling import Sample
+from tiered_operator.api.model import AutoscalingSpec
+from tiered_operator.core.scaling import Sample
 
 Metric = Literal["gpu-utilization", "engine-active", "queue-depth"]
 UnavailableReason = Literal["Unreachable", "QueryFailed", "Empty", "Invalid", "Stale"]

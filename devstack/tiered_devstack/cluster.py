@@ -13,7 +13,7 @@ Used by the tests (the `emulator` and `operator` fixtures in tests/conftest.py),
     emulator.reset_requests()
 
 `running_kopf(emulator, args, log)` runs `kopf run --standalone -A *args` against it and stops it afterwards;
-`running_operator(emulator, workdir)` does that for `tiered_operator.handlers` and waits for its liveness
+`running_operator(emulator, workdir)` does that for `tiered_operator.controller.handlers` and waits for its liveness
 probe; `eventually(check)` polls until `check()` is truthy instead of sleeping for a fixed time.
 Every process started here is stopped when its context ends; everything listens on 127.0.0.1.
 """
@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tiered_operator.devstack.processes import free_port, poll, stop
+from tiered_devstack.processes import free_port, poll, stop
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = REPO_ROOT / ".bin" / "kubectl"
 TIERED = [sys.executable, "-m", "tiered_operator.cli"]  # the `tiered` command, without relying on PATH
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
@@ -160,12 +160,12 @@ class OperatorProcess:
 def running_operator(emulator: EmulatorProcess, workdir: Path, resync_seconds: float = 1.0,
                      extra_env: dict[str, str] | None = None,
                      timeout: float = 30) -> Iterator[OperatorProcess]:
-    """`kopf run ... -m tiered_operator.handlers` until the test ends; waits for its liveness probe."""
+    """`kopf run ... -m tiered_operator.controller.handlers` until the test ends; waits for its liveness probe."""
     log = workdir / "operator.log"
     port = free_port()
     env = {"TIERED_RESYNC_SECONDS": str(resync_seconds), **(extra_env or {})}
     args = ["--log-format=plain", f"--liveness=http://127.0.0.1:{port}/healthz",
-            "-m", "tiered_operator.handlers"]
+            "-m", "tiered_operator.controller.handlers"]
     with running_kopf(emulator, args, log, env) as process:
         operator = OperatorProcess(process, log)
         deadline = time.monotonic() + timeout

@@ -19,7 +19,7 @@ from typing import Self
 
 import yaml
 
-from tiered_operator.devstack.processes import free_port, poll, stop
+from tiered_devstack.processes import free_port, poll, stop
 
 __all__ = ["Prometheus", "free_port", "poll", "prometheus_binary"]
 

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from tiered_operator import conditions as c
-from tiered_operator.burst import BurstState, decide_burst
-from tiered_operator.metrics import MetricsUnavailable, SignalSource, signal_query
-from tiered_operator.model import InferenceTier, RoutingPolicy
-from tiered_operator.objects import InvalidObject, parse_spec
-from tiered_operator.reconcile import ChildWriter, Event, Outcome, reconcile_tier
-from tiered_operator.render import desired_replicas
-from tiered_operator.scaling import Sample, ScalingState, decide_replicas
+from tiered_operator.api import conditions as c
+from tiered_operator.api.model import InferenceTier, RoutingPolicy
+from tiered_operator.api.objects import InvalidObject, parse_spec
+from tiered_operator.controller.metrics import MetricsUnavailable, SignalSource, signal_query
+from tiered_operator.core.burst import BurstState, decide_burst
+from tiered_operator.core.reconcile import ChildWriter, Event, Outcome, reconcile_tier
+from tiered_operator.core.render import desired_replicas
+from tiered_operator.core.scaling import Sample, ScalingState, decide_replicas
 
 MAX_BACKOFF_SECONDS = 300.0
 NO_PROMETHEUS = "NoPrometheus"

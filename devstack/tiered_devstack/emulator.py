@@ -1356,7 +1356,7 @@ def _version_key(version: str) -> tuple[int, int, int]:
 def default_admission() -> tuple[Validator | None, Defaulter | None]:
     """The project's CRD validator and defaulter (schema, CEL rules), if they are there."""
     try:
-        from tiered_operator.crd_validation import apply_defaults, validate_object
+        from tiered_operator.api.crd_validation import apply_defaults, validate_object
     except ImportError:
         return None, None
     return validate_object, apply_defaults

@@ -17,9 +17,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from tiered_operator import crd_validation
-from tiered_operator.crds import inference_tier_crd, routing_policy_crd
-from tiered_operator.model import API_VERSION, InferenceTier, RoutingPolicy
+from tiered_operator.api import crd_validation
+from tiered_operator.api.crds import inference_tier_crd, routing_policy_crd
+from tiered_operator.api.model import API_VERSION, InferenceTier, RoutingPolicy
 
 KINDS: dict[str, tuple[type[InferenceTier] | type[RoutingPolicy], Any]] = {
     "InferenceTier": (InferenceTier, inference_tier_crd),

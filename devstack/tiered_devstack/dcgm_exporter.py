@@ -7,7 +7,7 @@ parent (a test, the demo's workload) changes GPU load by writing that file (atom
         exporter.set(gpu("triage-abcde-gpu-worker-1", 90), gpu("triage-abcde-gpu-worker-2", 70))
 
 A series with a ``timestamp`` is exposed with that explicit time (a frozen exporter, for staleness tests).
-Run alone: ``python -m tiered_operator.devstack.dcgm_exporter --values FILE [--port N]``.
+Run alone: ``python -m tiered_devstack.dcgm_exporter --values FILE [--port N]``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tiered_operator.devstack.processes import stop
+from tiered_devstack.processes import stop
 
 GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"
 ENGINE_ACTIVE = "DCGM_FI_PROF_GR_ENGINE_ACTIVE"
@@ -85,7 +85,7 @@ class DcgmExporter:
     def start(self) -> Self:
         self.set()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "tiered_operator.devstack.dcgm_exporter", "--values", str(self.values)],
+            [sys.executable, "-m", "tiered_devstack.dcgm_exporter", "--values", str(self.values)],
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             text=True,

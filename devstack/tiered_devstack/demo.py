@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tiered_operator.devstack.cluster import REPO_ROOT, EmulatorProcess, eventually, running_emulator, running_operator
-from tiered_operator.devstack.dcgm_exporter import DcgmExporter, gpu
-from tiered_operator.devstack.prometheus import Prometheus
+from tiered_devstack.cluster import REPO_ROOT, EmulatorProcess, eventually, running_emulator, running_operator
+from tiered_devstack.dcgm_exporter import DcgmExporter, gpu
+from tiered_devstack.prometheus import Prometheus
 
 # KubeRay names worker pods <raycluster>-<group>-worker-<hash>; the stand-in exporter uses such a name.
 TRIAGE_WORKER = "triage-demo1-workers-worker-a1b2c"

@@ -20,9 +20,9 @@ from typing import Any
 import yaml
 from tiered_router.config import Match, Pricing, Privacy, RouterConfig, Rule, Tier, TierKind
 
-from tiered_operator.model import InferenceTier, PolicyTier, PricingSpec, RoutingPolicy
-from tiered_operator.plan import PlanError, plan_capacity
-from tiered_operator.render import MANAGED_BY, endpoint
+from tiered_operator.api.model import InferenceTier, PolicyTier, PricingSpec, RoutingPolicy
+from tiered_operator.core.plan import PlanError, plan_capacity
+from tiered_operator.core.render import MANAGED_BY, endpoint
 
 CONFIG_KEY = "router.yaml"
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import yaml
 
+from tiered_operator.api.model import InferenceTier, RoutingPolicy
+from tiered_operator.api.objects import InvalidObject, Skipped, load_file
 from tiered_operator.cli import UsageError
-from tiered_operator.model import InferenceTier, RoutingPolicy
-from tiered_operator.objects import InvalidObject, Skipped, load_file
-from tiered_operator.plan import CapacityPlan, PlanError, plan_capacity
-from tiered_operator.render import desired_replicas, render_rayservice, to_yaml
-from tiered_operator.router_config import render_router_configmap, router_config
+from tiered_operator.core.plan import CapacityPlan, PlanError, plan_capacity
+from tiered_operator.core.render import desired_replicas, render_rayservice, to_yaml
+from tiered_operator.core.router_config import render_router_configmap, router_config
 
 
 def _load(paths: list[Path]) -> list[tuple[Path, InferenceTier | RoutingPolicy]]:

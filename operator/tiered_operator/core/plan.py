@@ -18,7 +18,7 @@ import math
 
 from pydantic import BaseModel, ConfigDict
 
-from tiered_operator.model import InferenceTierSpec, gpus_per_replica_value
+from tiered_operator.api.model import InferenceTierSpec, gpus_per_replica_value
 
 GPU_MEMORY_GIB = {"H100": 80.0, "H200": 141.0, "B200": 192.0}
 MAX_GPUS_PER_NODE = 8

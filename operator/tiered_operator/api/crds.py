@@ -1,6 +1,6 @@
 """CustomResourceDefinitions generated from the pydantic models in `model` (the one source).
 
-`python -m tiered_operator.crds DIR` (`make crds`) writes them; a unit test fails when `crds/` drifts.
+`python -m tiered_operator.api.crds DIR` (`make crds`) writes them; a unit test fails when `crds/` drifts.
 Pydantic's JSON schema is turned into a Kubernetes structural schema: `$ref`s inlined, `Optional[X]`
 becomes plain X (absent = unset), titles dropped, container defaults (`{}`/`[]`) emitted so the API
 server's defaulting reaches nested fields before CEL rules run.
@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 from pydantic_core import core_schema
 
-from tiered_operator.model import GROUP, VERSION, InferenceTierSpec, RoutingPolicySpec
+from tiered_operator.api.model import GROUP, VERSION, InferenceTierSpec, RoutingPolicySpec
 
 READY = '.status.conditions[?(@.type=="Ready")].status'
 

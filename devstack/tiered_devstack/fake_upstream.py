@@ -15,7 +15,7 @@ the router through failures without timing tricks:
 `spawn()` and `stop()` start and stop such a process (this one or the router, both announce their URL)
 for tests and `bench/router.py`.
 
-Run: `python -m tiered_router.fake_upstream [--host 127.0.0.1] [--port 0] [--name NAME] [--fast]`; it
+Run: `python -m tiered_devstack.fake_upstream [--host 127.0.0.1] [--port 0] [--name NAME] [--fast]`; it
 prints `listening on http://HOST:PORT` once ready (port 0 picks a free port). `--fast` (for benchmarks)
 answers every request with the same small chat completion from a bare asyncio protocol, so the fake costs
 a few microseconds per request and the thing measured is what sits in front of it; no control API.
