@@ -17,8 +17,8 @@ from tiered_operator.core.plan import plan_capacity
 from tiered_operator.core.render import (
     SPEC_HASH_ANNOTATION,
     render_rayservice,
+    render_tier,
     replica_fields,
-    spec_hash,
     to_yaml,
 )
 
@@ -85,7 +85,14 @@ def test_spec_hash_ignores_replica_counts_only() -> None:
         update={"spec": tier.spec.model_copy(
             update={"model": tier.spec.model.model_copy(update={"max_model_len": 4096})})}
     )
-    assert spec_hash(render_rayservice(longer, plan_capacity(longer.spec), 2)) != spec_hash(two)
+    assert render_tier(longer, plan_capacity(longer.spec), 2).spec_hash != render_tier(tier, plan, 2).spec_hash
+
+
+def test_render_derives_hash_and_replica_counts_once() -> None:
+    tier = _tiers()[0]
+    rendered = render_tier(tier, plan_capacity(tier.spec), 3)
+    assert rendered.manifest["metadata"]["annotations"][SPEC_HASH_ANNOTATION] == rendered.spec_hash
+    assert rendered.replicas == replica_fields(rendered.manifest)  # the manifest read back agrees
 
 
 def test_packed_tier_shares_gpus_and_splits_memory() -> None:

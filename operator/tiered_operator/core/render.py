@@ -10,11 +10,12 @@ Pure: typed input, plain dicts out, stable key order.
 
 from __future__ import annotations
 
-import copy
+import functools
 import hashlib
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -234,37 +235,80 @@ def _dump_serve_config(config: dict[str, Any]) -> str:
     return yaml.dump(config, Dumper=yaml.CSafeDumper, sort_keys=False, width=1000)
 
 
+@functools.lru_cache(maxsize=4096)
 def _load_serve_config(text: str) -> Any:
+    """Parsed serveConfigV2 of a child as read back; cached, callers must not mutate it."""
     return yaml.load(text, Loader=yaml.CSafeLoader)
 
 
-def _deployment_options(app: dict[str, Any]) -> list[dict[str, Any]]:
+def _deployment_options(app: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """The dicts holding `num_replicas` in one serveConfigV2 application."""
     llm_configs = (app.get("args") or {}).get("llm_configs", [])
-    return [llm.setdefault("deployment_config", {}) for llm in llm_configs] + list(app.get("deployments", []))
+    return [llm.get("deployment_config") or {} for llm in llm_configs] + list(app.get("deployments", []))
 
 
-def _without_replica_counts(rayservice: dict[str, Any]) -> dict[str, Any]:
-    blank = copy.deepcopy(rayservice)
-    config = _load_serve_config(blank["spec"]["serveConfigV2"])
-    for app in config["applications"]:
-        for deployment in _deployment_options(app):
-            deployment.pop("num_replicas", None)
-    blank["spec"]["serveConfigV2"] = config
-    for group in blank["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
-        for key in ("replicas", "minReplicas", "maxReplicas"):
-            group.pop(key, None)
+def _without_num_replicas(value: Any) -> Any:
+    """A serveConfigV2 structure with every `num_replicas` left out (a copy)."""
+    if isinstance(value, Mapping):
+        return {key: _without_num_replicas(item) for key, item in value.items() if key != "num_replicas"}
+    if isinstance(value, list):
+        return [_without_num_replicas(item) for item in value]
+    return value
+
+
+def _serve_config_of(spec: Mapping[str, Any]) -> Any:
+    text = spec.get("serveConfigV2")
+    return _load_serve_config(text) if isinstance(text, str) else text
+
+
+def without_replica_counts(rayservice: Mapping[str, Any]) -> dict[str, Any]:
+    """What an update writes with every replica count blanked: the spec (serveConfigV2 parsed) and labels.
+
+    Used for the spec hash of a rendered child and to compare a child read back with the desired one.
+    """
+    spec = dict(rayservice.get("spec") or {})
+    spec["serveConfigV2"] = _without_num_replicas(_serve_config_of(spec) or {})
+    cluster = dict(spec.get("rayClusterConfig") or {})
+    cluster["workerGroupSpecs"] = [
+        {key: value for key, value in group.items() if key not in ("replicas", "minReplicas", "maxReplicas")}
+        for group in cluster.get("workerGroupSpecs") or []
+    ]
+    spec["rayClusterConfig"] = cluster
     # Only what an update writes counts; ownerReferences carry the owner's uid, not the spec.
-    return {"spec": blank["spec"], "labels": blank["metadata"].get("labels", {})}
+    return {"spec": spec, "labels": (rayservice.get("metadata") or {}).get("labels", {})}
 
 
-def spec_hash(rayservice: dict[str, Any]) -> str:
-    """Hash of a rendered RayService with every replica count blanked."""
-    payload = json.dumps(_without_replica_counts(rayservice), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+def replica_fields(rayservice: Mapping[str, Any]) -> dict[str, Any]:
+    """The replica counts of a RayService (rendered or read back), for comparing desired with actual."""
+    spec = rayservice.get("spec") or {}
+    config = _serve_config_of(spec) or {}
+    serve = [
+        deployment.get("num_replicas")
+        for app in config.get("applications", [])
+        for deployment in _deployment_options(app)
+    ]
+    groups = [
+        {key: group.get(key) for key in ("groupName", "replicas", "minReplicas", "maxReplicas")}
+        for group in (spec.get("rayClusterConfig") or {}).get("workerGroupSpecs", [])
+    ]
+    return {"numReplicas": serve, "workerGroups": groups}
 
 
-def render_rayservice(tier: InferenceTier, plan: CapacityPlan, replicas: int) -> dict[str, Any]:
+def _hash(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RenderedRayService:
+    """A rendered child and the values derived from it once, at render time."""
+
+    manifest: dict[str, Any]
+    spec_hash: str
+    replicas: dict[str, Any]  # as `replica_fields` reads them
+    comparable: dict[str, Any]  # as `without_replica_counts` reads it
+
+
+def render_tier(tier: InferenceTier, plan: CapacityPlan, replicas: int) -> RenderedRayService:
     """The RayService for `tier` running `replicas` Serve replicas (already clamped by the caller)."""
     spec = tier.spec
     meta = tier.metadata
@@ -286,12 +330,13 @@ def render_rayservice(tier: InferenceTier, plan: CapacityPlan, replicas: int) ->
                 "blockOwnerDeletion": True,
             }
         ]
-    rayservice: dict[str, Any] = {
+    config = serve_config(spec, plan, replicas)
+    structured: dict[str, Any] = {
         "apiVersion": RAYSERVICE_API_VERSION,
         "kind": "RayService",
         "metadata": metadata,
         "spec": {
-            "serveConfigV2": _dump_serve_config(serve_config(spec, plan, replicas)),
+            "serveConfigV2": config,
             "rayClusterConfig": {
                 "rayVersion": spec.ray_version,
                 "headGroupSpec": _head_group(image),
@@ -299,24 +344,16 @@ def render_rayservice(tier: InferenceTier, plan: CapacityPlan, replicas: int) ->
             },
         },
     }
-    metadata["annotations"][SPEC_HASH_ANNOTATION] = spec_hash(rayservice)
-    return rayservice
+    comparable = without_replica_counts(structured)
+    metadata["annotations"][SPEC_HASH_ANNOTATION] = digest = _hash(comparable)
+    fields = replica_fields(structured)
+    manifest = {**structured, "spec": {**structured["spec"], "serveConfigV2": _dump_serve_config(config)}}
+    return RenderedRayService(manifest, digest, fields, comparable)
 
 
-def replica_fields(rayservice: Mapping[str, Any]) -> dict[str, Any]:
-    """The replica counts of a RayService (rendered or read back), for comparing desired with actual."""
-    spec = rayservice.get("spec", {})
-    config = _load_serve_config(spec.get("serveConfigV2") or "{}") or {}
-    serve = [
-        deployment.get("num_replicas")
-        for app in config.get("applications", [])
-        for deployment in _deployment_options(app)
-    ]
-    groups = [
-        {key: group.get(key) for key in ("groupName", "replicas", "minReplicas", "maxReplicas")}
-        for group in spec.get("rayClusterConfig", {}).get("workerGroupSpecs", [])
-    ]
-    return {"numReplicas": serve, "workerGroups": groups}
+def render_rayservice(tier: InferenceTier, plan: CapacityPlan, replicas: int) -> dict[str, Any]:
+    """The RayService manifest alone (`tiered render`, golden files)."""
+    return render_tier(tier, plan, replicas).manifest
 
 
 class _ManifestDumper(yaml.SafeDumper):
