@@ -1,7 +1,7 @@
 """tiered_router: the OpenAI-compatible router in front of the tiers.
 
 Pure core: `config` (RouterConfig), `policy` (choose_tier), `cost` (prices, usage, ledger). Control data:
-`breaker`, `forward.InFlight`, the snapshot in `app.RouterState`. Edges: `app` (aiohttp server), `forward`
-(upstream pool and fallback), `metrics`, `auth`, `openapi`, `server` (CLI). `fake_upstream` is a test and
-benchmark double. See docs/router.md.
+`state` (RouterState: config snapshot, file watching), `breaker`, `forward.InFlight`. Edges: `app` (aiohttp
+handlers, which only read a snapshot), `forward` (upstream pool and fallback), `metrics`, `auth`, `openapi`,
+`server` (CLI). The test double for upstreams is `tiered_devstack.fake_upstream`. See docs/router.md.
 """

@@ -38,7 +38,8 @@ def router(args: argparse.Namespace) -> int:
 
     from aiohttp import web
 
-    from tiered_router.app import RouterState, build_app
+    from tiered_router.app import build_app
+    from tiered_router.state import RouterState
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
