@@ -18,7 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "render": ("tiered_operator.cli.commands:render", "Print what the operator would create for the objects in FILE"),
     "plan": ("tiered_operator.cli.commands:plan", "Print the capacity plan of the InferenceTiers in FILE"),
     "operator": ("tiered_operator.controller.handlers:operator", "Run the operator (kopf) on the current kubeconfig"),
-    "cluster": ("tiered_devstack.emulator:cluster", "Start a local Kubernetes API emulator"),
+    "cluster": ("tiered_devstack.emulator.cli:cluster", "Start a local Kubernetes API emulator"),
     "simulate": (
         "tiered_operator.cli.simulate:simulate",
         "Replay a utilization trace through the scaling and burst decisions",

@@ -1,71 +1,25 @@
-"""A Kubernetes API emulator for tests and local use: `kmock.KubernetesEmulator` with the gaps filled.
+"""The `Emulator`: kube-apiserver's HTTP verbs over an in-memory store, watches, discovery, admission.
 
-Owns: an in-memory object store served over HTTP on loopback, close enough to kube-apiserver that the real
-`kopf run` and the real `kubectl` work against it, plus the `tiered cluster` command that serves it.
-Must not: import the operator's own modules (except the optional CRD validator), or leave loopback.
-
-kmock provides the HTTP server, the request plumbing, discovery scaffolding and its DSL for ad-hoc routes
-(`/readyz`, `/_emulator/...`). Everything under `/api/...` and `/apis/.../<plural>` is served here, because
-kmock 0.8 gets most of it wrong for a real client (see ../shared/TESTING.md):
-
-- ObjectMeta validation (names, labels, annotation size) for every kind; request bodies up to 3 MiB;
-- objects get `uid`, `creationTimestamp`, `generation` and `resourceVersion` (one global counter);
-  `generateName` works; a namespaced URL sets `metadata.namespace`; no-op writes change nothing;
-- `generation` starts at 1 and grows when anything outside `metadata`/`status` changes (and when
-  deletion starts, as in Kubernetes); with a `status` subresource, main writes keep `status` and `/status`
-  writes change only `status`; `/scale` serves an `autoscaling/v1` Scale from the CRD's paths;
-- PUT with optimistic concurrency (409); PATCH as JSON merge patch, JSON patch (a failed `test` → 422),
-  strategic merge patch for built-in kinds (lists merged by the usual keys, 415 for custom resources as in
-  Kubernetes) and server-side apply (as create-or-merge, no field ownership); kubectl's protobuf bodies for
-  namespaces/configmaps/secrets/serviceaccounts; `fieldValidation=Strict` (kubectl's default) rejects
-  fields the CRD schema would prune, via a stub OpenAPI v3 that tells kubectl to validate on the server;
-- lists carry `kind`/`apiVersion`/`resourceVersion`; label selectors (`=`, `==`, `!=`, `in`, `notin`,
-  `key`, `!key`) and field selectors (any dotted path, `=`/`!=`); `kubectl get` gets Tables built from
-  `additionalPrinterColumns` (plus NAME and AGE);
-- watches replay from the requested `resourceVersion` (410 when it fell out of the event log), else send
-  the current objects as ADDED; events are ordered, none is lost while a watch starts; selectors apply to
-  events (an object leaving a selector is DELETED for that watch); BOOKMARKs; `timeoutSeconds`;
-- DELETE with finalizers sets `deletionTimestamp`; the object goes when the last finalizer is removed;
-  removal garbage-collects dependents whose `ownerReferences` point at the removed `uid`; deleting a
-  namespace deletes its contents; applying a CRD object registers (deleting it unregisters) its resources;
-- an optional validator `validate(crd, new, old) -> list[str]` turns messages into 422 `Invalid`, and an
-  optional defaulter `(crd, obj) -> obj` prunes and defaults (`tiered cluster` wires in crd_validation's);
-- request counters by (verb, resource, subresource): `GET /_emulator/requests`, `POST .../reset`;
-  injected failures: `POST /_emulator/faults` (`{"verb", "resource", "subresource", "code", "count"}`).
-
-Not emulated (docs/emulator.md has the list): authn/authz, admission webhooks, field managers, other
-protobuf bodies, pagination (`limit` returns everything), conversion between CRD versions (objects are
-shared, only `apiVersion` is rewritten), controllers (no pods behind Deployments), namespace existence.
-
-Throughput (`python tests/bed.py --bench`: 500 custom resources, 16 concurrent aiohttp clients in another
-process, 2 cores shared with other work, validation off): 2,800-3,900 GET/s and 2,300-3,600 merge-PATCH/s.
-Plain kmock 0.8 decays to ~50 GET/s because its root matches every request against the whole request
-history: here resource requests bypass that matcher, and the routes kmock still serves keep only their
-in-flight requests.
+Owns the object store, the event log that watches replay from, request counters and injected faults.
+Must not: leave loopback (the caller picks the address), or import the operator's modules (admission
+comes in as the `validator`/`defaulter` arguments; `default_admission` finds the project's).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import collections
-import contextlib
 import copy
 import dataclasses
-import datetime
 import hashlib
 import http
 import json
 import os
 import random
 import re
-import signal
-import sys
-import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import aiohttp.web
@@ -74,477 +28,26 @@ import kmock
 import yaml
 from kmock._internal import apps, rendering
 
-Obj = dict[str, Any]
-Validator = Callable[[Obj, Obj, "Obj | None"], list[str]]
-Defaulter = Callable[[Obj, Obj], Obj]
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CRD_PATHS = (REPO_ROOT / "crds", REPO_ROOT.parent / "shared" / "kuberay" / "ray.io_rayservices.yaml")
-VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
-WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
-MAX_BODY = 3 * 1024 * 1024  # kube-apiserver's request body limit (aiohttp's default is 1 MiB)
-EVENT_LOG_SIZE = 10_000  # events kept for watches that resume from a resourceVersion
-
-
-class ApiError(Exception):
-    """A failure rendered as a `v1 Status` with the HTTP code, the way kube-apiserver reports it."""
-
-    def __init__(self, code: int, reason: str, message: str, details: Obj | None = None) -> None:
-        super().__init__(message)
-        self.code, self.reason, self.message, self.details = code, reason, message, details
-
-    def status(self) -> Obj:
-        status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                  "message": self.message, "reason": self.reason, "code": self.code}
-        return status | ({"details": self.details} if self.details else {})
-
-
-# --------------------------------------------------------------------------------------------------
-# Resource kinds
-
-
-@dataclasses.dataclass(frozen=True)
-class Kind:
-    group: str
-    version: str
-    plural: str
-    kind: str
-    namespaced: bool = True
-    singular: str = ""
-    short_names: tuple[str, ...] = ()
-    categories: tuple[str, ...] = ()
-    status: bool = False  # has a status subresource
-    scale: tuple[tuple[str, str], ...] = ()  # (("specReplicasPath", ".spec.replicas"), ...)
-    columns: tuple[Obj, ...] = ()  # additionalPrinterColumns
-    crd: Obj | None = dataclasses.field(default=None, compare=False, hash=False, repr=False)
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    @property
-    def store(self) -> tuple[str, str]:  # all versions of a resource share one set of objects
-        return self.group, self.plural
-
-    @property
-    def resource(self) -> str:  # as in messages: "inferencetiers.tiered.dev"
-        return f"{self.plural}.{self.group}" if self.group else self.plural
-
-
-def _builtin(api_version: str, plural: str, kind: str, namespaced: bool = True, short: str = "",
-             status: bool = False, scale: bool = False, all_category: bool = False) -> Kind:
-    group, _, version = api_version.rpartition("/")
-    paths = (("specReplicasPath", ".spec.replicas"), ("statusReplicasPath", ".status.replicas"))
-    return Kind(group, version, plural, kind, namespaced, kind.lower(), tuple(short.split()),
-                ("all",) if all_category else (), status, paths if scale else ())
-
-
-BUILTIN_KINDS = (
-    _builtin("v1", "namespaces", "Namespace", namespaced=False, short="ns", status=True),
-    _builtin("v1", "events", "Event", short="ev"),
-    _builtin("v1", "configmaps", "ConfigMap", short="cm"),
-    _builtin("v1", "secrets", "Secret"),
-    _builtin("v1", "services", "Service", short="svc", status=True, all_category=True),
-    _builtin("v1", "serviceaccounts", "ServiceAccount", short="sa"),
-    _builtin("v1", "pods", "Pod", short="po", status=True, all_category=True),
-    _builtin("events.k8s.io/v1", "events", "Event", short="ev"),
-    _builtin("apps/v1", "deployments", "Deployment", short="deploy", status=True, scale=True,
-             all_category=True),
-    _builtin("coordination.k8s.io/v1", "leases", "Lease"),
-    _builtin("apiextensions.k8s.io/v1", "customresourcedefinitions", "CustomResourceDefinition",
-             namespaced=False, short="crd crds", status=True),
+from tiered_devstack.emulator.kinds import (
+    BUILTIN_KINDS,
+    EVENT_LOG_SIZE,
+    MAX_BODY,
+    RAYSERVICE_FALLBACK_CRD,
+    VERBS,
+    WRITE_VERBS,
+    ApiError,
+    Defaulter,
+    Kind,
+    Obj,
+    Validator,
+    kinds_from_crd,
+    load_crds,
 )
-
-
-def kinds_from_crd(crd: Obj) -> list[Kind]:
-    """The served versions of a CustomResourceDefinition, as Kinds."""
-    spec, names = crd["spec"], crd["spec"]["names"]
-    kinds = []
-    for version in spec.get("versions", []):
-        if not version.get("served", True):
-            continue
-        subresources = version.get("subresources") or {}
-        scale = subresources.get("scale")
-        kinds.append(Kind(
-            group=spec["group"], version=version["name"], plural=names["plural"], kind=names["kind"],
-            namespaced=spec.get("scope", "Namespaced") == "Namespaced",
-            singular=names.get("singular", names["kind"].lower()),
-            short_names=tuple(names.get("shortNames", ())), categories=tuple(names.get("categories", ())),
-            status="status" in subresources, scale=tuple(sorted(scale.items())) if scale else (),
-            columns=tuple(version.get("additionalPrinterColumns", ())), crd=crd,
-        ))
-    return kinds
-
-
-def load_crds(paths: Iterable[str | os.PathLike[str]]) -> list[Obj]:
-    """CustomResourceDefinitions from YAML files or directories of them (missing paths are skipped)."""
-    crds = []
-    for path in map(Path, paths):
-        files = sorted(path.glob("*.y*ml")) if path.is_dir() else [path] if path.is_file() else []
-        for file in files:
-            with file.open() as stream:
-                docs = list(yaml.load_all(stream, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
-            crds += [doc for doc in docs if doc and doc.get("kind") == "CustomResourceDefinition"]
-    return crds
-
-
-RAYSERVICE_FALLBACK_CRD: Obj = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    "metadata": {"name": "rayservices.ray.io"},
-    "spec": {"group": "ray.io", "scope": "Namespaced",
-             "names": {"kind": "RayService", "plural": "rayservices", "singular": "rayservice"},
-             "versions": [{"name": "v1", "served": True, "storage": True, "subresources": {"status": {}},
-                           "schema": {"openAPIV3Schema": {"type": "object",
-                                                          "x-kubernetes-preserve-unknown-fields": True}}}]},
-}
-
-
-# --------------------------------------------------------------------------------------------------
-# Pure helpers: patches, selectors, JSONPath, tables
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch (returns a new value; `target` is not modified)."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
-
-
-# Lists that strategic merge patch merges by key (common ones of built-in kinds); other lists are replaced.
-SMP_MERGE_KEYS = {"containers": "name", "initContainers": "name", "ephemeralContainers": "name",
-                  "volumes": "name", "env": "name", "volumeMounts": "mountPath", "imagePullSecrets": "name",
-                  "ports": "containerPort|port", "conditions": "type", "ownerReferences": "uid"}
-SMP_SET_LISTS = {"finalizers"}
-
-
-def strategic_merge_patch(target: Any, patch: Any) -> Any:
-    """Strategic merge patch for built-in kinds: keyed lists merge item by item (`$patch: delete` removes
-    one), `$setElementOrder` orders them, `$deleteFromPrimitiveList` removes values; other lists replace."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) and patch.get("$patch") != "replace" else {}
-    for key, value in patch.items():
-        if key.startswith("$deleteFromPrimitiveList/"):
-            field = key.partition("/")[2]
-            result[field] = [item for item in result.get(field, []) if item not in value]
-        elif key.startswith("$"):
-            continue
-        elif value is None:
-            result.pop(key, None)
-        elif isinstance(value, list) and isinstance(result.get(key), list) and key in SMP_SET_LISTS:
-            result[key] = result[key] + [item for item in value if item not in result[key]]
-        elif isinstance(value, list) and isinstance(result.get(key), list) and key in SMP_MERGE_KEYS:
-            order = patch.get(f"$setElementOrder/{key}")
-            result[key] = _merge_keyed(result[key], value, SMP_MERGE_KEYS[key], order)
-        else:
-            result[key] = strategic_merge_patch(result.get(key), value)
-    return result
-
-
-def _merge_keyed(live: list[Any], patch: list[Any], keys: str, order: list[Obj] | None) -> list[Any]:
-    merged = list(live)
-    for item in patch:
-        key = next((k for k in keys.split("|") if isinstance(item, dict) and k in item), None)
-        if key is None:
-            return [strategic_merge_patch(None, item) for item in patch]  # not keyed: replace
-        same = [i for i, x in enumerate(merged) if isinstance(x, dict) and x.get(key) == item[key]]
-        index = same[0] if same else None
-        if item.get("$patch") == "delete":
-            if index is not None:
-                del merged[index]
-        elif index is None:
-            merged.append(strategic_merge_patch(None, item))
-        else:
-            merged[index] = strategic_merge_patch(merged[index], item)
-    if order:
-        ranks = {json.dumps(entry, sort_keys=True): rank for rank, entry in enumerate(order)}
-
-        def rank(item: Any) -> int:
-            ident = {k: item.get(k) for k in order[0]} if isinstance(item, dict) else item
-            return ranks.get(json.dumps(ident, sort_keys=True), len(ranks))
-
-        merged.sort(key=rank)
-    return merged
-
-
-class PatchError(ValueError):
-    pass
-
-
-def _pointer(path: str) -> list[str]:
-    if path == "":
-        return []
-    if not path.startswith("/"):
-        raise PatchError(f"invalid JSON pointer {path!r}")
-    return [part.replace("~1", "/").replace("~0", "~") for part in path[1:].split("/")]
-
-
-def _walk(doc: Any, parts: list[str]) -> Any:
-    for part in parts:
-        if isinstance(doc, list):
-            doc = doc[int(part)]
-        elif isinstance(doc, dict):
-            doc = doc[part]
-        else:
-            raise KeyError(part)
-    return doc
-
-
-def json_patch(doc: Any, ops: list[Obj]) -> Any:
-    """RFC 6902 JSON patch on a copy of `doc`; PatchError on a failed `test` or a bad path."""
-    doc = copy.deepcopy(doc)
-    for op in ops:
-        try:
-            kind, parts = op["op"], _pointer(op["path"])
-            if kind == "test":
-                if _walk(doc, parts) != op["value"]:
-                    raise PatchError(f"test failed: {op['path']} is not {op['value']!r}")
-                continue
-            if kind in ("move", "copy"):
-                value = copy.deepcopy(_walk(doc, _pointer(op["from"])))
-                if kind == "move":
-                    doc = json_patch(doc, [{"op": "remove", "path": op["from"]}])
-                kind, op = "add", {"path": op["path"], "value": value}
-            if not parts:
-                if kind == "remove":
-                    raise PatchError("cannot remove the whole document")
-                doc = copy.deepcopy(op["value"])
-                continue
-            parent, last = _walk(doc, parts[:-1]), parts[-1]
-            if isinstance(parent, list):
-                index = len(parent) if last == "-" else int(last)
-                if kind == "add":
-                    if not 0 <= index <= len(parent):
-                        raise PatchError(f"index out of range: {op['path']}")
-                    parent.insert(index, copy.deepcopy(op["value"]))
-                elif kind == "remove":
-                    del parent[index]
-                elif kind == "replace":
-                    parent[index] = copy.deepcopy(op["value"])
-                else:
-                    raise PatchError(f"unknown op {kind!r}")
-            elif isinstance(parent, dict):
-                if kind in ("remove", "replace") and last not in parent:
-                    raise PatchError(f"no such path: {op['path']}")
-                if kind == "remove":
-                    del parent[last]
-                elif kind in ("add", "replace"):
-                    parent[last] = copy.deepcopy(op["value"])
-                else:
-                    raise PatchError(f"unknown op {kind!r}")
-            else:
-                raise PatchError(f"no such path: {op['path']}")
-        except (KeyError, IndexError, ValueError, TypeError) as error:
-            if isinstance(error, PatchError):
-                raise
-            raise PatchError(f"cannot apply {op!r}: {error!r}") from error
-    return doc
-
-
-_REQUIREMENT = re.compile(
-    r"\s*(?P<neg>!)?\s*(?P<key>[A-Za-z0-9_./-]+)\s*"
-    r"(?:(?P<op>==|=|!=)\s*(?P<value>[A-Za-z0-9_.-]*)|\s+(?P<set>in|notin)\s*\((?P<values>[^)]*)\))?\s*(?:,|$)"
-)
-
-
-Requirement = tuple[str, str, frozenset[str]]  # (operator, key, values)
-
-
-def parse_selector(text: str) -> list[Requirement]:
-    """A label or field selector: `a=b,c!=d,e in (f,g),h notin (i),j,!k`."""
-    requirements: list[Requirement] = []
-    pos, text = 0, text.strip()
-    while pos < len(text):
-        match = _REQUIREMENT.match(text, pos)
-        if not match or match.end() == pos:
-            raise ApiError(400, "BadRequest", f"unable to parse requirement: {text[pos:]!r}")
-        pos = match.end()
-        if match["set"]:
-            values = frozenset(v.strip() for v in match["values"].split(","))
-            requirements.append((match["set"], match["key"], values))
-        elif match["op"]:
-            op = "notin" if match["op"] == "!=" else "in"
-            requirements.append((op, match["key"], frozenset([match["value"]])))
-        else:
-            requirements.append(("absent" if match["neg"] else "present", match["key"], frozenset()))
-    return requirements
-
-
-def selects(requirements: list[Requirement], get: Callable[[str], str | None]) -> bool:
-    for op, key, values in requirements:
-        value = get(key)
-        if op == "present":
-            ok = value is not None
-        elif op == "absent":
-            ok = value is None
-        else:
-            ok = (value in values) == (op == "in")
-        if not ok:
-            return False
-    return True
-
-
-def field(obj: Obj, path: str) -> str | None:
-    """A field by dotted path as a selector sees it (`spec.x.y`), or None."""
-    value: Any = obj
-    for part in path.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return None if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-
-
-_JSONPATH_TOKEN = re.compile(
-    r"\.(?P<key>[A-Za-z0-9_$-]+)|\[(?P<index>-?\d+)\]|\[['\"](?P<quoted>[^'\"]+)['\"]\]"
-    r"|\[\?\(@\.(?P<fkey>[\w.-]+)\s*==\s*['\"](?P<fvalue>[^'\"]*)['\"]\)\]|\[\*\]|\.\*"
-)
-
-
-def jsonpath(obj: Any, expr: str) -> list[Any]:
-    """Simple JSONPath as used by printer columns: `.a.b`, `[0]`, `[*]`, `[?(@.type=="Ready")]`."""
-    expr = expr.strip()
-    if expr.startswith("{") and expr.endswith("}"):
-        expr = expr[1:-1]
-    expr = expr.removeprefix("$")
-    values, pos = [obj], 0
-    while pos < len(expr):
-        match = _JSONPATH_TOKEN.match(expr, pos)
-        if not match:
-            return []
-        pos, found = match.end(), []
-        for value in values:
-            if match["key"] or match["quoted"]:
-                key = match["key"] or match["quoted"]
-                if isinstance(value, dict) and key in value:
-                    found.append(value[key])
-            elif match["index"] is not None:
-                if isinstance(value, list) and -len(value) <= int(match["index"]) < len(value):
-                    found.append(value[int(match["index"])])
-            elif match["fkey"]:
-                for item in value if isinstance(value, list) else []:
-                    if isinstance(item, dict) and field(item, match["fkey"]) == match["fvalue"]:
-                        found.append(item)
-            elif isinstance(value, dict):  # [*] or .*
-                found += list(value.values())
-            elif isinstance(value, list):
-                found += value
-        values = found
-    return values
-
-
-def _path_get(obj: Obj, path: str) -> Any:
-    found = jsonpath(obj, path)
-    return found[0] if found else None
-
-
-def _path_set(obj: Obj, path: str, value: Any) -> None:
-    parts = path.strip(".").split(".")
-    for part in parts[:-1]:
-        obj = obj.setdefault(part, {})
-    obj[parts[-1]] = value
-
-
-_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_DNS_SUBDOMAIN = rf"{_DNS_LABEL}(\.{_DNS_LABEL})*"
-_QUALIFIED = r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
-DNS_LABEL_NAMES = {("", "namespaces"), ("", "services")}  # other kinds take DNS subdomain names
-
-
-def metadata_errors(store: tuple[str, str], meta: Obj) -> list[str]:
-    """ObjectMeta validation as the apiserver does it for every kind: name, labels, annotation size."""
-    errors, name = [], str(meta.get("name", ""))
-    if store in DNS_LABEL_NAMES and not (len(name) <= 63 and re.fullmatch(_DNS_LABEL, name)):
-        errors.append(f'metadata.name: Invalid value: "{name}": a lowercase RFC 1123 label must consist of '
-                      "lower case alphanumeric characters or '-', start and end with an alphanumeric "
-                      "character, and be no more than 63 characters")
-    elif not (len(name) <= 253 and re.fullmatch(_DNS_SUBDOMAIN, name)):
-        errors.append(f'metadata.name: Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist '
-                      "of lower case alphanumeric characters, '-' or '.', and must start and end with an "
-                      "alphanumeric character")
-    for key, value in (meta.get("labels") or {}).items():
-        prefix, _, local = str(key).rpartition("/")
-        if not (len(local) <= 63 and re.fullmatch(_QUALIFIED, local)
-                and (not prefix or (len(prefix) <= 253 and re.fullmatch(_DNS_SUBDOMAIN, prefix)))):
-            errors.append(f'metadata.labels: Invalid value: "{key}": name part must consist of alphanumeric '
-                          "characters, '-', '_' or '.', and must start and end with an alphanumeric character"
-                          " (at most 63 characters, with an optional DNS subdomain prefix)")
-        if not isinstance(value, str) or len(value) > 63 or (value and not re.fullmatch(_QUALIFIED, value)):
-            errors.append(f'metadata.labels: Invalid value: "{value}": a valid label must be an empty string or '
-                          "consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
-                          "alphanumeric character (at most 63 characters)")
-    size = sum(len(str(k)) + len(str(v)) for k, v in (meta.get("annotations") or {}).items())
-    if size > 256 * 1024:
-        errors.append("metadata.annotations: Too long: must have at most 262144 bytes")
-    return errors
-
-
-def now_iso() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def human_age(timestamp: str | None) -> str:
-    """Like kubectl's HumanDuration: 45s, 5m10s, 3h, 2d."""
-    if not timestamp:
-        return "<unknown>"
-    then = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    seconds = max(0, int((datetime.datetime.now(datetime.UTC) - then).total_seconds()))
-    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
-    if seconds < 120:
-        return f"{seconds}s"
-    if minutes < 10:
-        return f"{minutes}m{seconds % 60}s" if seconds % 60 else f"{minutes}m"
-    if hours < 3:
-        return f"{minutes}m"
-    if hours < 8:
-        return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
-    if hours < 48:
-        return f"{hours}h"
-    return f"{days}d"
-
-
-def table(kind: Kind, objs: list[Obj], include: str, resource_version: str) -> Obj:
-    """A `meta.k8s.io/v1 Table` as `kubectl get` asks for: NAME, the printer columns, AGE."""
-    columns = [c for c in kind.columns if c.get("jsonPath")]
-    age_column = not any(c["jsonPath"].strip() == ".metadata.creationTimestamp" for c in columns)
-    definitions = [{"name": "Name", "type": "string", "format": "name", "priority": 0,
-                    "description": "Name must be unique within a namespace."}]
-    definitions += [{"name": c["name"], "type": "string" if c.get("type") in (None, "date") else c["type"],
-                     "format": c.get("format", ""), "description": c.get("description", ""),
-                     "priority": c.get("priority", 0)} for c in columns]
-    if age_column:
-        definitions.append({"name": "Age", "type": "string", "format": "", "priority": 0,
-                            "description": "CreationTimestamp is a timestamp representing the server time "
-                                           "when this object was created."})
-    rows = []
-    for obj in objs:
-        cells: list[Any] = [obj["metadata"]["name"]]
-        for column in columns:
-            found = jsonpath(obj, column["jsonPath"])
-            value = found[0] if found else None
-            if column.get("type") == "date" and isinstance(value, str):
-                value = human_age(value)
-            elif isinstance(value, dict | list):
-                value = json.dumps(value)
-            cells.append(value)
-        if age_column:
-            cells.append(human_age(obj["metadata"].get("creationTimestamp")))
-        row: Obj = {"cells": cells}
-        if include == "Object":
-            row["object"] = obj
-        elif include != "None":
-            row["object"] = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                             "metadata": obj["metadata"]}
-        rows.append(row)
-    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "columnDefinitions": definitions, "rows": rows,
-            "metadata": {"resourceVersion": resource_version}}
-
-
-# --------------------------------------------------------------------------------------------------
-# The emulator
+from tiered_devstack.emulator.meta import metadata_errors, now_iso
+from tiered_devstack.emulator.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from tiered_devstack.emulator.protobuf import PROTOBUF_MAGIC, decode_protobuf
+from tiered_devstack.emulator.selectors import field_value, parse_selector, path_get, path_set, selects
+from tiered_devstack.emulator.tables import table
 
 
 @dataclasses.dataclass
@@ -588,76 +91,6 @@ class Call:
     def as_table(self) -> bool:
         return "as=Table" in self.headers.get("Accept", "")
 
-
-# kubectl's `create namespace|configmap|secret|serviceaccount` generators send protobuf, not JSON. Decoded
-# here just enough for those four kinds (other protobuf bodies get a 415 that says to use `kubectl apply`).
-PROTOBUF_MAGIC = b"k8s\x00"
-_PB_META: dict[int, Any] = {1: "name", 2: "generateName", 3: "namespace", 11: ("labels", "map"),
-                 12: ("annotations", "map"), 14: ("finalizers", "list")}
-_PB_KINDS: dict[str, dict[int, Any]] = {
-    "Namespace": {1: ("metadata", _PB_META)},
-    "ServiceAccount": {1: ("metadata", _PB_META)},
-    "ConfigMap": {1: ("metadata", _PB_META), 2: ("data", "map"), 3: ("binaryData", "bytes-map"),
-                  4: ("immutable", "bool")},
-    "Secret": {1: ("metadata", _PB_META), 2: ("data", "bytes-map"), 3: ("type", "str"),
-               4: ("stringData", "map"), 5: ("immutable", "bool")},
-}
-
-
-def _pb_fields(data: bytes) -> Iterator[tuple[int, Any]]:
-    """Protobuf wire format: (field number, varint or bytes) pairs."""
-    def varint(i: int) -> tuple[int, int]:
-        value = shift = 0
-        while True:
-            value, shift, i = value | (data[i] & 0x7F) << shift, shift + 7, i + 1
-            if data[i - 1] < 0x80:
-                return value, i
-
-    i = 0
-    while i < len(data):
-        key, i = varint(i)
-        value: Any
-        if key & 7 == 0:
-            value, i = varint(i)
-        elif key & 7 == 2:
-            size, i = varint(i)
-            value, i = data[i:i + size], i + size
-        else:
-            size = 8 if key & 7 == 1 else 4
-            value, i = data[i:i + size], i + size
-        yield key >> 3, value
-
-
-def _pb_decode(data: bytes, schema: dict[int, Any]) -> Obj:
-    out: Obj = {}
-    for number, value in _pb_fields(data):
-        name, kind = schema[number] if isinstance(schema.get(number), tuple) else (schema.get(number), "str")
-        if name is None:
-            continue
-        if isinstance(kind, dict):
-            out[name] = _pb_decode(value, kind)
-        elif kind in ("map", "bytes-map"):
-            entry = dict(_pb_fields(value))
-            key, item = entry.get(1, b"").decode(), entry.get(2, b"")
-            text = base64.b64encode(item).decode() if kind == "bytes-map" else item.decode()
-            out.setdefault(name, {})[key] = text
-        elif kind == "list":
-            out.setdefault(name, []).append(value.decode())
-        elif kind == "bool":
-            out[name] = bool(value)
-        elif value:  # proto2 encodes empty strings; JSON omits them
-            out[name] = value.decode()
-    return out
-
-
-def decode_protobuf(body: bytes) -> Obj:
-    envelope = dict(_pb_fields(body[len(PROTOBUF_MAGIC):]))
-    type_meta = dict(_pb_fields(envelope.get(1, b"")))
-    api_version, kind = (type_meta.get(n, b"").decode() for n in (1, 2))
-    if kind not in _PB_KINDS:
-        raise ApiError(415, "UnsupportedMediaType", f"the emulator reads protobuf only for "
-                       f"{', '.join(_PB_KINDS)}, not {kind}: send JSON (e.g. `kubectl apply -f`)")
-    return {"apiVersion": api_version, "kind": kind, **_pb_decode(envelope.get(2, b""), _PB_KINDS[kind])}
 
 
 def parse_path(path: str) -> tuple[str, str, str | None, str | None, str | None, str] | None:
@@ -812,7 +245,7 @@ class Emulator(kmock.KubernetesEmulator):
             new_scale = self._changed(call, scale)
             replicas = (new_scale.get("spec") or {}).get("replicas")
             new = copy.deepcopy(current)
-            _path_set(new, dict(kind.scale)["specReplicasPath"], replicas)
+            path_set(new, dict(kind.scale)["specReplicasPath"], replicas)
             return 200, self._scale(kind, self._update(kind, current, new, "", call))
         if call.verb == "get":
             return 200, self._out(kind, current) if not call.as_table else table(
@@ -1072,14 +505,14 @@ class Emulator(kmock.KubernetesEmulator):
 
     def _scale(self, kind: Kind, obj: Obj) -> Obj:
         paths, meta = dict(kind.scale), obj["metadata"]
-        selector = _path_get(obj, paths["labelSelectorPath"]) if "labelSelectorPath" in paths else None
-        status: Obj = {"replicas": _path_get(obj, paths.get("statusReplicasPath", ".status.replicas")) or 0}
+        selector = path_get(obj, paths["labelSelectorPath"]) if "labelSelectorPath" in paths else None
+        status: Obj = {"replicas": path_get(obj, paths.get("statusReplicasPath", ".status.replicas")) or 0}
         if selector:
             status["selector"] = selector
         return {"kind": "Scale", "apiVersion": "autoscaling/v1",
                 "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion",
                                                   "creationTimestamp") if k in meta},
-                "spec": {"replicas": _path_get(obj, paths["specReplicasPath"]) or 0}, "status": status}
+                "spec": {"replicas": path_get(obj, paths["specReplicasPath"]) or 0}, "status": status}
 
     @staticmethod
     def _out(kind: Kind, obj: Obj) -> Obj:
@@ -1095,7 +528,7 @@ class Emulator(kmock.KubernetesEmulator):
             return ((namespace is None or meta.get("namespace") == namespace)
                     and (name is None or meta["name"] == name)
                     and selects(labels, (meta.get("labels") or {}).get)
-                    and selects(fields, lambda path: field(obj, path)))
+                    and selects(fields, lambda path: field_value(obj, path)))
 
         return match
 
@@ -1360,68 +793,3 @@ def default_admission() -> tuple[Validator | None, Defaulter | None]:
     except ImportError:
         return None, None
     return validate_object, apply_defaults
-
-
-# --------------------------------------------------------------------------------------------------
-# `tiered cluster`
-
-
-def write_kubeconfig(path: Path, url: str) -> None:
-    config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "tiered-emulator", "preferences": {},
-        "clusters": [{"name": "tiered-emulator", "cluster": {"server": url}}],
-        "users": [{"name": "tiered-emulator", "user": {"token": "emulator"}}],
-        "contexts": [{"name": "tiered-emulator",
-                      "context": {"cluster": "tiered-emulator", "user": "tiered-emulator",
-                                  "namespace": "default"}}],
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(yaml.safe_dump(config, sort_keys=False))
-    partial.replace(path)  # atomic: a reader polling for the file never sees half of it
-
-
-def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
-    parser.add_argument("--port", type=int, default=0, help="port (0: any free port)")
-    parser.add_argument("--kubeconfig", type=Path,
-                        help="kubeconfig to write (default: $TMPDIR/tiered-emulator-PORT.kubeconfig)")
-    parser.add_argument("--crds", action="append", type=Path, metavar="PATH",
-                        help="CRD file or directory, repeatable (default: crds/ and KubeRay's RayService)")
-    parser.add_argument("--bookmark-interval", type=float, default=1.0, help="seconds between BOOKMARKs")
-    parser.add_argument("--no-validation", action="store_true",
-                        help="do not default, prune or validate custom resources against their CRD schema")
-
-
-def cluster(args: argparse.Namespace) -> int:
-    from tiered_operator.cli import UsageError
-
-    if not args.host.startswith("127.") and args.host not in ("localhost", "::1"):
-        raise UsageError(f"--host must be a loopback address, not {args.host!r}")
-    missing = [str(path) for path in args.crds or () if not path.exists()]
-    if missing:
-        raise UsageError(f"no such CRD file or directory: {', '.join(missing)}")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args, args.crds or DEFAULT_CRD_PATHS))
-    return 0
-
-
-async def _serve(args: argparse.Namespace, crd_paths: Iterable[Path]) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    validator, defaulter = (None, None) if args.no_validation else default_admission()
-    emulator = Emulator(crd_paths=crd_paths, validator=validator, defaulter=defaulter,
-                        bookmark_interval=args.bookmark_interval)
-    async with emulator, kmock.Server(emulator, host=args.host, port=args.port or None) as server:
-        url = f"http://{f'[{args.host}]' if ':' in args.host else args.host}:{server.port}"
-        default = Path(tempfile.gettempdir()) / f"tiered-emulator-{server.port}.kubeconfig"
-        kubeconfig = args.kubeconfig or default
-        write_kubeconfig(kubeconfig, url)
-        kinds = sorted({f"{k.kind}.{k.group}" for k in emulator._kinds.values() if k.crd is not None})
-        print(f"tiered cluster: Kubernetes API emulator at {url} (custom resources: {', '.join(kinds)})\n"
-              f"kubeconfig: {kubeconfig}\nexport KUBECONFIG={kubeconfig}", flush=True)
-        await stop.wait()
-        emulator.close_watches()
-    print("tiered cluster: stopped", file=sys.stderr, flush=True)
