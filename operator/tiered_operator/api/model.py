@@ -341,10 +341,55 @@ class Budget(Spec):
     on_exceed: Literal["downgrade", "reject"] = "downgrade"
 
 
+Quantity = Annotated[str, Field(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")]
+
+
+class ResourceList(Spec):
+    """Kubernetes quantities per resource; unset ones are left out of the container."""
+
+    cpu: Quantity | None = Field(default=None, description="e.g. 250m or 1.")
+    memory: Quantity | None = Field(default=None, description="e.g. 256Mi.")
+    ephemeral_storage: Quantity | None = Field(default=None, alias="ephemeral-storage", description="e.g. 1Gi.")
+
+
+class RouterResources(Spec):
+    """Requests and limits of the router container."""
+
+    requests: ResourceList | None = None
+    limits: ResourceList | None = None
+
+
+class ParentRef(Spec):
+    """A Gateway (or other parent) the router's HTTPRoute attaches to."""
+
+    name: str = Field(min_length=1, max_length=253, description="Parent name, e.g. the Gateway.")
+    namespace: Name | None = Field(default=None, description="Parent namespace; default: the policy's.")
+    section_name: Name | None = Field(default=None, description="Listener name on the Gateway.")
+
+
+class HTTPRouteSpec(Spec):
+    """A Gateway API HTTPRoute in front of the router (gateway.networking.k8s.io/v1)."""
+
+    parent_refs: list[ParentRef] = Field(min_length=1, max_length=32, description="Gateways to attach to.")
+    hostnames: list[Annotated[str, Field(min_length=1, max_length=253)]] | None = Field(
+        default=None, max_length=16, description="Host names the route answers for; default: all of the parent's."
+    )
+
+
 class RouterDeployment(Spec):
+    """The router Deployment the operator runs for this policy."""
+
     replicas: int = Field(default=2, ge=1, le=100)
-    image: str | None = None
-    api_keys_secret_ref: Name | None = Field(default=None, description="Secret with the router's API keys.")
+    image: str | None = Field(default=None, max_length=512, description="Router image; default: the operator's.")
+    api_keys_secret_ref: Name | None = Field(
+        default=None, description="Secret with the router's API keys file under the key `keys.yaml`."
+    )
+    resources: RouterResources | None = Field(
+        default=None, description="Router container resources; default requests 250m/256Mi, limit 512Mi."
+    )
+    http_route: HTTPRouteSpec | None = Field(
+        default=None, description="Also create an HTTPRoute to the router's Service."
+    )
 
 
 class RoutingPolicySpec(Spec):
