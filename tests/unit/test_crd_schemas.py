@@ -34,7 +34,8 @@ POLICY: dict[str, Any] = {
     "spec": {
         "tiers": [
             {"name": "triage", "tierRef": "triage"},
-            {"name": "frontier", "external": {"baseURL": "https://api.example.com/v1", "model": "big"}},
+            {"name": "frontier", "external": {"baseURL": "https://api.example.com/v1", "model": "big"},
+             "pricing": {"inputPerMTok": 2, "outputPerMTok": 8}},
         ],
         "default": "triage",
         "rules": [{"match": {"taskTypes": ["classification"]}, "tier": "triage"}],
@@ -117,13 +118,13 @@ TIER_CASES = [
      "'^(hf|s3|gs|pvc|file)://.+'"),
     ("spec.model.parameters", "8 billion",
      'spec.model.parameters: Invalid value: "8 billion": spec.model.parameters in body should match '
-     "'^[0-9]+(\\.[0-9]+)?[MB]$'"),
+     "'^[0-9]{1,5}(\\.[0-9]{1,3})?[MB]$'"),
     ("spec.model.id", DELETE, "spec.model.id: Required value"),
     ("spec.accelerator", {"type": "A100"},
      'spec.accelerator.type: Unsupported value: "A100": supported values: "H100", "H200", "B200", "CPU"'),
     ("spec.accelerator", {"gpusPerReplica": "half"},
      'spec.accelerator.gpusPerReplica: Invalid value: "half": spec.accelerator.gpusPerReplica in body '
-     "should match '^(auto|[0-9]+(\\.[0-9]+)?)$'"),
+     "should match '^(auto|[0-9]{1,2}(\\.[0-9]{1,4})?)$'"),
     ("spec.accelerator", {"memoryUtilization": 1.5},
      "spec.accelerator.memoryUtilization: Invalid value: 1.5: spec.accelerator.memoryUtilization in body "
      "should be less than or equal to 0.98"),

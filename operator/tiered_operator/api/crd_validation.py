@@ -7,6 +7,10 @@ min/maxProperties, required, properties, additionalProperties, items, ``x-kubern
 ``x-kubernetes-preserve-unknown-fields``, ``x-kubernetes-list-type`` set/map uniqueness, a few trivial
 formats); and ``x-kubernetes-validations`` CEL rules at every schema level (``message``,
 ``messageExpression``, ``fieldPath``, ``reason``, transition rules with ``oldSelf``, ``optionalOldSelf``).
+``schema_errors`` refuses a CRD whose schema a real apiserver cannot decode: ``exclusiveMinimum`` /
+``exclusiveMaximum`` are booleans in apiextensions/v1 (OpenAPI v3.0: ``minimum: 0, exclusiveMinimum: true``),
+so JSON Schema 2020's numeric form (``exclusiveMinimum: 0``) fails to decode; when validating objects, only
+``exclusiveMinimum: true`` makes ``minimum`` exclusive, as in kube-openapi.
 Messages are rendered like apiserver ``field.Error`` strings, e.g.
 ``spec.replicas: Invalid value: "object": replicas.min must be less than or equal to replicas.max``.
 As in the apiserver, CEL rules are skipped when a "blocking" schema error exists (wrong type, enum,
@@ -39,7 +43,7 @@ from typing import Any
 
 import cel
 
-__all__ = ["FieldError", "apply_defaults", "compile_rules", "field_errors", "validate_object"]
+__all__ = ["FieldError", "apply_defaults", "compile_rules", "field_errors", "schema_errors", "validate_object"]
 
 Schema = Mapping[str, Any]
 _MISSING: Any = object()
@@ -141,6 +145,29 @@ def compile_rules(crd: Mapping[str, Any]) -> None:
                         raise ValueError(f"{where}.{key}: {exc}") from None
                 if rule.get("reason", "FieldValueInvalid") not in _RULE_REASONS:
                     raise ValueError(f"{where}.reason: unsupported reason {rule['reason']!r}")
+
+
+_BOOLEAN_KEYWORDS = ("exclusiveMinimum", "exclusiveMaximum", "nullable", "uniqueItems")
+
+
+def schema_errors(crd: Mapping[str, Any]) -> list[str]:
+    """Why the apiserver cannot decode this CRD's schemas (JSONSchemaProps' boolean fields given non-booleans).
+
+    Worded like its decode error, with the JSON path of the schema node (map keys shown in brackets).
+    """
+    errors = []
+    for v in crd["spec"]["versions"]:
+        root = f"spec.versions[{v['name']}].schema.openAPIV3Schema"
+        for path, node in _walk_schema(v["schema"]["openAPIV3Schema"], root):
+            for key in _BOOLEAN_KEYWORDS:
+                if key in node and not isinstance(node[key], bool):
+                    got = {"integer": "number"}.get(_json_type(node[key]), _json_type(node[key]))  # Go's words
+                    errors.append(
+                        f"CustomResourceDefinition in version \"v1\" cannot be handled as a "
+                        f"CustomResourceDefinition: json: cannot unmarshal {got} into Go "
+                        f"struct field JSONSchemaProps {path}.{key} of type bool"
+                    )
+    return errors
 
 
 # --- schema selection and the decode pipeline -----------------------------------------------------------
@@ -275,12 +302,12 @@ def _check(schema: Schema, value: Any, path: str, errs: list[FieldError]) -> Non
             invalid(value, f"should match '{schema['pattern']}'")
     elif actual in ("integer", "number"):
         if "maximum" in schema:
-            exclusive = schema.get("exclusiveMaximum", False)
+            exclusive = schema.get("exclusiveMaximum") is True
             if value > schema["maximum"] or (exclusive and value == schema["maximum"]):
                 bound = _go_num(schema["maximum"])
                 invalid(value, f"should be less than {'' if exclusive else 'or equal to '}{bound}")
         if "minimum" in schema:
-            exclusive = schema.get("exclusiveMinimum", False)
+            exclusive = schema.get("exclusiveMinimum") is True
             if value < schema["minimum"] or (exclusive and value == schema["minimum"]):
                 bound = _go_num(schema["minimum"])
                 invalid(value, f"should be greater than {'' if exclusive else 'or equal to '}{bound}")

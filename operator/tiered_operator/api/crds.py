@@ -1,9 +1,12 @@
 """CustomResourceDefinitions generated from the pydantic models in `model` (the one source).
 
 `python -m tiered_operator.api.crds DIR` (`make crds`) writes them; a unit test fails when `crds/` drifts.
-Pydantic's JSON schema is turned into a Kubernetes structural schema: `$ref`s inlined, `Optional[X]`
-becomes plain X (absent = unset), titles dropped, container defaults (`{}`/`[]`) emitted so the API
-server's defaulting reaches nested fields before CEL rules run.
+Pydantic's JSON schema (JSON Schema 2020-12) is turned into a Kubernetes structural schema in OpenAPI v3.0
+form, which is all apiextensions.k8s.io/v1 accepts: `$ref`s inlined, `Optional[X]` becomes plain X (absent =
+unset), `int | str` becomes `x-kubernetes-int-or-string`, a numeric `exclusiveMinimum: 0` becomes
+`minimum: 0` + `exclusiveMinimum: true`, titles dropped, container defaults (`{}`/`[]`) emitted so the API
+server's defaulting reaches nested fields before CEL rules run. Any other keyword outside OpenAPI v3.0's
+structural subset raises, so a model change cannot ship a CRD a real API server refuses.
 
 Pure: returns plain dicts; the only I/O is `main` writing files.
 """
@@ -19,9 +22,16 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 from pydantic_core import core_schema
 
-from tiered_operator.api.model import GROUP, VERSION, InferenceTierSpec, RoutingPolicySpec
+from tiered_operator.api.model import GROUP, VERSION, InferenceTier, RoutingPolicy
 
 READY = '.status.conditions[?(@.type=="Ready")].status'
+# The keywords a structural schema may carry (apiextensions.k8s.io/v1 JSONSchemaProps, minus what
+# structural schemas forbid), besides the `x-kubernetes-*` extensions.
+OPENAPI_V3_KEYWORDS = frozenset({
+    "type", "format", "description", "default", "nullable", "enum", "properties", "required", "items",
+    "additionalProperties", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+    "minLength", "maxLength", "pattern", "minItems", "maxItems", "minProperties", "maxProperties",
+})
 
 
 class _StructuralSchema(GenerateJsonSchema):
@@ -36,30 +46,55 @@ class _StructuralSchema(GenerateJsonSchema):
         return NoDefault
 
 
-def _structural(node: Any, defs: dict[str, Any]) -> Any:
-    if isinstance(node, list):
-        return [_structural(item, defs) for item in node]
+def _int_or_string(options: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """`int | str` as `x-kubernetes-int-or-string`: each branch's bounds apply to its own JSON type."""
+    if sorted(option.get("type", "") for option in options) != ["integer", "string"]:
+        return None
+    merged: dict[str, Any] = {"x-kubernetes-int-or-string": True}
+    for option in options:
+        merged.update({k: v for k, v in option.items() if k != "type"})
+    return merged
+
+
+def _exclusive_bounds(node: dict[str, Any]) -> dict[str, Any]:
+    """JSON Schema 2020's numeric `exclusiveMinimum: 0` → OpenAPI v3.0's `minimum: 0, exclusiveMinimum: true`."""
+    out = dict(node)
+    for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        value = out.get(exclusive)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[bound] = value
+            out[exclusive] = True
+    return out
+
+
+def _structural(node: Any, defs: dict[str, Any], path: str = "") -> Any:
     if not isinstance(node, dict):
         return node
     if "$ref" in node:
         target = defs[node["$ref"].rsplit("/", 1)[-1]]
         merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-        return _structural(merged, defs)
+        return _structural(merged, defs, path)
     if "anyOf" in node:
         options = [option for option in node["anyOf"] if option != {"type": "null"}]
+        rest = {k: v for k, v in node.items() if k != "anyOf" and not (k == "default" and v is None)}
         if len(options) == 1:
-            rest = {k: v for k, v in node.items() if k != "anyOf" and not (k == "default" and v is None)}
-            return _structural({**options[0], **rest}, defs)
+            return _structural({**options[0], **rest}, defs, path)
+        if (int_or_string := _int_or_string(options)) is not None:
+            return _structural({**int_or_string, **rest}, defs, path)
     out: dict[str, Any] = {}
-    for key, value in node.items():
+    for key, value in _exclusive_bounds(node).items():
         if key in ("title", "$defs"):
             continue
         if key == "additionalProperties" and value is False:
             continue  # structural schemas prune unknown fields instead
+        if key not in OPENAPI_V3_KEYWORDS and not key.startswith("x-kubernetes-"):
+            raise ValueError(f"{path or '<root>'}: {key!r} is not an OpenAPI v3.0 structural schema keyword")
         if key == "properties":
-            out[key] = {name: _structural(prop, defs) for name, prop in value.items()}
+            out[key] = {name: _structural(prop, defs, f"{path}.{name}") for name, prop in value.items()}
+        elif key in ("items", "additionalProperties"):
+            out[key] = _structural(value, defs, f"{path}[*]")
         else:
-            out[key] = _structural(value, defs)
+            out[key] = value
     return out
 
 
@@ -73,14 +108,14 @@ def openapi_schema(spec_model: type[BaseModel]) -> dict[str, Any]:
 
 def _crd(
     *,
-    kind: str,
+    model: type[InferenceTier] | type[RoutingPolicy],
     plural: str,
     short_name: str,
-    spec_model: type[BaseModel],
     columns: list[dict[str, Any]],
     subresources: dict[str, Any],
 ) -> dict[str, Any]:
-    spec_schema = openapi_schema(spec_model)
+    kind = model.model_fields["kind"].default
+    spec_schema = openapi_schema(model.model_fields["spec"].annotation)  # type: ignore[arg-type]
     description = spec_schema.pop("description", "")
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -118,6 +153,8 @@ def _crd(
                                     "x-kubernetes-preserve-unknown-fields": True,
                                 },
                             },
+                            # At the root a rule sees metadata.name: names the children derive from it.
+                            "x-kubernetes-validations": model.NAME_RULES,
                         }
                     },
                     "subresources": subresources,
@@ -133,10 +170,9 @@ def _crd(
 
 def inference_tier_crd() -> dict[str, Any]:
     return _crd(
-        kind="InferenceTier",
+        model=InferenceTier,
         plural="inferencetiers",
         short_name="itier",
-        spec_model=InferenceTierSpec,
         columns=[
             {"name": "Model", "type": "string", "jsonPath": ".spec.model.id"},
             {"name": "Accelerator", "type": "string", "jsonPath": ".spec.accelerator.type"},
@@ -157,10 +193,9 @@ def inference_tier_crd() -> dict[str, Any]:
 
 def routing_policy_crd() -> dict[str, Any]:
     return _crd(
-        kind="RoutingPolicy",
+        model=RoutingPolicy,
         plural="routingpolicies",
         short_name="rpol",
-        spec_model=RoutingPolicySpec,
         columns=[
             {"name": "Default", "type": "string", "jsonPath": ".spec.default"},
             {"name": "Bursting", "type": "boolean", "jsonPath": ".status.burst.active"},
@@ -180,7 +215,7 @@ def all_crds() -> dict[str, dict[str, Any]]:
 
 
 def dump(crd: dict[str, Any]) -> str:
-    return "# Generated by `make crds` from operator/tiered_operator/model.py; do not edit.\n" + yaml.safe_dump(
+    return "# Generated by `make crds` from operator/tiered_operator/api/model.py; do not edit.\n" + yaml.safe_dump(
         crd, sort_keys=False, width=110, allow_unicode=True
     )
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "tiered.dev"
@@ -37,6 +37,58 @@ class Spec(BaseModel):
 
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
 
+# Kubernetes label syntax (k8s.io/apimachinery validation): a key is an optional DNS-1123 subdomain prefix
+# (at most 253) and '/', then a name of at most 63; a value is at most 63, possibly empty. No backslashes:
+# the patterns are also CEL string literals.
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_KEY_MAX = 253 + 1 + 63
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+
+# What the children derive from an object's name, which the API server must refuse up front (CEL on
+# `self.metadata.name` at the CRD's root). KubeRay refuses a RayService name over 47 characters or not a
+# DNS-1035 label (its RayCluster is `<name>-raycluster-xxxxx`, its Service `<name>-serve-svc`, both within
+# 63); the tier's name is also the `tiered.dev/tier` label value (≤ 63). A policy's router objects are
+# `tiered-router-<name>` (a Service name: DNS-1035, ≤ 63) and labelled `tiered.dev/policy: <name>`.
+TIER_NAME_MAX = 47
+POLICY_NAME_MAX = 63 - len("tiered-router-")
+DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+def name_rules(max_length: int, pattern: str, why: str, syntax: str) -> list[dict[str, str]]:
+    """Root-level CEL rules bounding `metadata.name` by what the operator derives from it."""
+    assert "'" not in why, "`why` goes into a CEL string literal"
+    size = "size(self.metadata.name)"
+    return [
+        {
+            "rule": f"{size} <= {max_length}",
+            "message": f"metadata.name must be at most {max_length} characters: {why}",
+            "messageExpression": f"'metadata.name must be at most {max_length} characters (it has ' + "
+            f"string({size}) + '): {why}'",
+        },
+        {
+            "rule": f"self.metadata.name.matches('{pattern}')",
+            "message": f"metadata.name must be {syntax}: {why}",
+        },
+    ]
+
+
+TIER_NAME_RULES = name_rules(
+    TIER_NAME_MAX,
+    DNS1035_LABEL,
+    "KubeRay names the RayCluster of the tier <name>-raycluster-xxxxx and its Service <name>-serve-svc",
+    "a DNS-1035 label (lower-case letters, digits and '-', starting with a letter)",
+)
+POLICY_NAME_RULES = name_rules(
+    POLICY_NAME_MAX,
+    DNS1123_LABEL,
+    "the router Service of the policy is tiered-router-<name>, a DNS-1035 label of at most 63",
+    "a DNS-1123 label (lower-case letters, digits and '-', no dots)",
+)
+
 
 class SecretKeyRef(Spec):
     """A key in a Secret in the object's namespace."""
@@ -51,7 +103,7 @@ class SecretKeyRef(Spec):
 Quantization = Literal["awq", "gptq", "fp8", "gguf", "none"]
 Engine = Literal["vllm", "llama-cpp"]
 AcceleratorType = Literal["H100", "H200", "B200", "CPU"]
-PARAMETERS_PATTERN = r"^[0-9]+(\.[0-9]+)?[MB]$"
+PARAMETERS_PATTERN = r"^[0-9]{1,5}(\.[0-9]{1,3})?[MB]$"
 
 
 class ModelSpec(Spec):
@@ -76,7 +128,10 @@ class ModelSpec(Spec):
         description="Where the weights come from: hf://org/repo, s3://bucket/path, gs://…, pvc://claim/path.",
     )
     parameters: str = Field(
-        pattern=PARAMETERS_PATTERN, description="Parameter count with unit, e.g. 8B or 135M (sizes the plan)."
+        max_length=12,
+        pattern=PARAMETERS_PATTERN,
+        description="Parameter count with unit, e.g. 8B, 0.5B or 135M (sizes the plan): at most 5 digits, "
+        "3 decimals.",
     )
     quantization: Quantization = Field(default="none", description="Weight quantization format.")
     bits: Literal[4, 8, 16] = Field(default=16, description="Bits per weight after quantization.")
@@ -95,15 +150,56 @@ class ModelSpec(Spec):
         return number if self.parameters.endswith("B") else number / 1000
 
 
+GPUS_PATTERN = r"^(auto|[0-9]{1,2}(\.[0-9]{1,4})?)$"
+# An integer or a string, as kubectl users write it (`1`, "0.5", auto): `x-kubernetes-int-or-string` in the CRD.
+GpusPerReplica = (
+    Annotated[int, Field(ge=1, le=8)] | Annotated[str, Field(min_length=1, max_length=7, pattern=GPUS_PATTERN)]
+)
+
+
+class Toleration(Spec):
+    """A Kubernetes toleration (core/v1 Toleration), typed and checked as the API server checks pods."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+                "a toleration without a key must use operator: Exists (it then tolerates every taint)",
+            ),
+            (
+                "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                "a toleration with operator: Exists must not set a value",
+            ),
+            (
+                "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                "tolerationSeconds applies only to effect: NoExecute",
+            ),
+        )
+    )
+
+    key: str | None = Field(
+        default=None, max_length=LABEL_KEY_MAX, pattern=r"^$|" + LABEL_KEY_PATTERN,
+        description="Taint key (label-key syntax); empty with operator Exists matches every taint.",
+    )
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Equal (default) or Exists.")
+    value: LabelValue | None = Field(default=None, description="Taint value (label-value syntax).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to tolerate; unset tolerates every effect."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, ge=0, le=2**31 - 1,
+        description="How long a NoExecute taint is tolerated before eviction, in whole seconds.",
+    )
+
+
 class AcceleratorSpec(Spec):
     """Where replicas run and how much of a device each takes."""
 
     type: AcceleratorType = Field(default="H100", description="GPU product, or CPU (llama-cpp only).")
-    gpus_per_replica: str = Field(
+    gpus_per_replica: GpusPerReplica = Field(
         default="auto",
-        pattern=r"^(auto|[0-9]+(\.[0-9]+)?)$",
-        description="GPUs per replica: 'auto' (planned from model size), a fraction < 1 to pack "
-        "several replicas per GPU, or a whole number for tensor parallelism.",
+        description="GPUs per replica: 'auto' (planned from model size), a fraction < 1 as a string "
+        "(\"0.5\") to pack several replicas per GPU, or a whole number (1, 2, 4, 8) for tensor parallelism.",
     )
     memory_utilization: float = Field(
         default=0.9, ge=0.1, le=0.98, description="Share of each GPU's memory the engine may use."
@@ -206,12 +302,29 @@ class InferenceTierSpec(Spec):
     )
     ray_version: str = Field(default="2.60.0", pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$", description="Ray version.")
     image: str | None = Field(default=None, description="Container image; defaults follow engine and Ray.")
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Extra node labels for the worker pods."
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Extra node labels for the worker pods (label keys and values).",
+        json_schema_extra=cel(
+            (
+                f"self.all(k, size(k) <= {LABEL_KEY_MAX} && k.matches('{LABEL_KEY_PATTERN}'))",
+                "every nodeSelector key must be a label key: an optional DNS subdomain prefix and '/', then a "
+                "name of at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric",
+            )
+        ),
     )
-    tolerations: list[dict[str, str]] = Field(
-        default_factory=list, description="Extra tolerations for the worker pods."
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=32, description="Extra tolerations for the worker pods."
     )
+
+    @field_validator("node_selector")
+    @classmethod
+    def _label_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if len(k) > LABEL_KEY_MAX or not re.fullmatch(LABEL_KEY_PATTERN, k)]
+        if bad:
+            raise ValueError(f"nodeSelector keys must be label keys: {', '.join(map(repr, bad))}")
+        return value
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -241,7 +354,15 @@ class PolicyTier(Spec):
 
     model_config = ConfigDict(
         json_schema_extra=cel(
-            ("has(self.tierRef) != has(self.external)", "a tier names exactly one of tierRef or external")
+            ("has(self.tierRef) != has(self.external)", "a tier names exactly one of tierRef or external"),
+            (
+                "!has(self.external) || has(self.pricing)",
+                "an external tier needs pricing (inputPerMTok, outputPerMTok): the router prices every token",
+            ),
+            (
+                "!has(self.fallback) || !(self.name in self.fallback)",
+                "a tier's fallback must not name the tier itself",
+            ),
         )
     )
 
@@ -293,6 +414,10 @@ class Rule(Spec):
 class Escalation(Spec):
     """Re-ask a stronger tier when the answer's confidence is low."""
 
+    model_config = ConfigDict(
+        json_schema_extra=cel(("self.from != self.to", "escalation.to must be another tier than escalation.from"))
+    )
+
     from_: Name = Field(alias="from")
     to: Name
     min_confidence: float = Field(default=0.7, ge=0, le=1, description="Mean token probability floor.")
@@ -303,7 +428,8 @@ class Burst(Spec):
 
     model_config = ConfigDict(
         json_schema_extra=cel(
-            ("self.exitBelow <= self.utilizationAbove", "burst.exitBelow must not exceed burst.utilizationAbove")
+            ("self.exitBelow <= self.utilizationAbove", "burst.exitBelow must not exceed burst.utilizationAbove"),
+            ("self.from != self.to", "burst.to must be another tier than burst.from"),
         )
     )
 
@@ -318,7 +444,7 @@ class Burst(Spec):
 class Privacy(Spec):
     """Traffic that must never leave the cluster."""
 
-    private_teams: list[str] = Field(default_factory=list)
+    private_teams: list[str] = Field(default_factory=list, max_length=256)
     private_header: str = Field(default="x-tiered-private", description="Header marking a request private.")
 
 
@@ -401,6 +527,10 @@ class RoutingPolicySpec(Spec):
             ("!has(self.baseline) || self.baseline in " + TIER_NAMES, "baseline must name one of the tiers"),
             ("self.tiers.all(t, self.tiers.exists_one(u, u.name == t.name))", "tier names must be unique"),
             (
+                "self.tiers.all(t, t.name != 'auto')",
+                "no tier may be named 'auto': model: auto asks the router to choose by rules",
+            ),
+            (
                 "!has(self.rules) || self.rules.all(r, r.tier in " + TIER_NAMES + ")",
                 "every rule's tier must name one of the tiers",
             ),
@@ -418,6 +548,10 @@ class RoutingPolicySpec(Spec):
                 + " && self.escalation.to in " + TIER_NAMES + ")",
                 "escalation.from and escalation.to must name tiers",
             ),
+            (
+                "!has(self.burst) || self.tiers.exists(t, t.name == self.burst.from && has(t.tierRef))",
+                "burst.from must be a local tier (tierRef): only InferenceTiers report the GPU signal burst needs",
+            ),
         )
     )
 
@@ -429,7 +563,7 @@ class RoutingPolicySpec(Spec):
     burst: Burst | None = None
     privacy: Privacy = Field(default_factory=Privacy)
     cache: Cache | None = None
-    budgets: list[Budget] = Field(default_factory=list)
+    budgets: list[Budget] = Field(default_factory=list, max_length=256)
     router: RouterDeployment = Field(default_factory=RouterDeployment)
 
     def tier(self, name: str) -> PolicyTier:
@@ -465,15 +599,19 @@ class InferenceTier(_Object):
     kind: Literal["InferenceTier"] = "InferenceTier"
     spec: InferenceTierSpec
 
+    NAME_RULES: ClassVar[list[dict[str, str]]] = TIER_NAME_RULES
+
 
 class RoutingPolicy(_Object):
     kind: Literal["RoutingPolicy"] = "RoutingPolicy"
     spec: RoutingPolicySpec
 
+    NAME_RULES: ClassVar[list[dict[str, str]]] = POLICY_NAME_RULES
+
 
 def gpus_per_replica_value(spec: AcceleratorSpec) -> float | None:
     """The explicit GPUs per replica, or None for 'auto'."""
     if spec.gpus_per_replica == "auto":
-        return None
+        return None  # ints and numeric strings both parse as floats below
     value = float(spec.gpus_per_replica)
     return value if math.isfinite(value) else None

@@ -13,7 +13,7 @@ from tiered_operator.api.objects import InvalidObject, Skipped, load_file
 from tiered_operator.cli import UsageError
 from tiered_operator.core.plan import CapacityPlan, PlanError, plan_capacity
 from tiered_operator.core.render import desired_replicas, render_rayservice, to_yaml
-from tiered_operator.core.router_config import render_router_configmap, router_config
+from tiered_operator.core.router_config import RouterConfigRejected, render_router_configmap, router_config
 
 
 def _load(paths: list[Path]) -> list[tuple[Path, InferenceTier | RoutingPolicy]]:
@@ -46,10 +46,13 @@ def render_documents(paths: list[Path]) -> list[dict[str, Any]]:
     tiers = [obj for _, obj in loaded if isinstance(obj, InferenceTier)]
     documents = [render_rayservice(tier, _plan(file, tier), desired_replicas(tier.spec, None))
                  for file, tier in loaded if isinstance(tier, InferenceTier)]
-    for _, policy in loaded:
+    for file, policy in loaded:
         if isinstance(policy, RoutingPolicy):
             namespace = {t.metadata.name: t for t in tiers if t.metadata.namespace == policy.metadata.namespace}
-            config, _ = router_config(policy, namespace, bursting=False)
+            try:
+                config, _ = router_config(policy, namespace, bursting=False)
+            except RouterConfigRejected as error:
+                raise UsageError(f"{file}: RoutingPolicy/{policy.metadata.name}: spec: {error}") from None
             documents.append(render_router_configmap(policy, config))
     return documents
 

@@ -7,7 +7,10 @@ Memory per replica = weights + KV-cache reserve + runtime overhead:
 - runtime: CUDA context, activations and allocator slack: 1.5 GiB + 10% of the weights.
 A GPU offers `memoryUtilization` of its memory. When a replica needs at most half of that, several share
 one GPU (fractional `num_gpus`); when it needs more than one GPU, it gets a power-of-two tensor-parallel
-group of up to `MAX_GPUS_PER_NODE`. A spec that cannot fit raises `PlanError` with the numbers.
+group of up to `MAX_GPUS_PER_NODE`. A CPU replica is one pod on one node, so it may ask for at most
+`CPU_REPLICA_MAX_GIB` (what a large memory-optimised CPU node offers to pods, e.g. a 64-vCPU / 512 GiB
+AWS r7i.16xlarge or GCP n2-highmem-64, less system reservations). A spec that cannot fit raises
+`PlanError` with the numbers.
 
 Pure: no I/O.
 """
@@ -28,6 +31,7 @@ KV_KIB_PER_TOKEN_8B = 128.0
 RUNTIME_BASE_GIB = 1.5
 RUNTIME_SHARE_OF_WEIGHTS = 0.10
 GIB = 1024**3
+CPU_REPLICA_MAX_GIB = 480.0
 
 
 class PlanError(ValueError):
@@ -94,6 +98,13 @@ def plan_capacity(spec: InferenceTierSpec) -> CapacityPlan:
     accelerator = spec.accelerator
 
     if accelerator.type == "CPU":
+        if need > CPU_REPLICA_MAX_GIB:
+            raise PlanError(
+                f"{label} needs ~{need:.0f} GiB per replica (weights {weights:.0f}, KV cache {kv:.0f} at "
+                f"maxModelLen {model.max_model_len}, runtime {overhead:.0f}); a CPU replica runs in one pod on "
+                f"one node, at most {CPU_REPLICA_MAX_GIB:.0f} GiB; lower maxModelLen, "
+                f"{_quantize_hint(spec, CPU_REPLICA_MAX_GIB)}, or run it on GPUs"
+            )
         return CapacityPlan(
             weights_gib=_round(weights),
             kv_cache_gib=_round(kv),

@@ -203,7 +203,7 @@ def _worker_group(
         container["volumeMounts"] = mounts
     pod_spec: dict[str, Any] = {"containers": [container]}
     node_selector = dict(spec.node_selector)
-    tolerations = [dict(t) for t in spec.tolerations]
+    tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations]
     if plan.on_gpu:
         node_selector = {GPU_PRODUCT_LABEL: GPU_PRODUCTS[spec.accelerator.type], **node_selector}
         tolerations.insert(0, {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 from tiered_router.config import Match, Pricing, Privacy, RouterConfig, Rule, Tier, TierKind
 
 from tiered_operator.api.model import InferenceTier, PolicyTier, PricingSpec, RoutingPolicy
@@ -25,6 +26,25 @@ from tiered_operator.core.plan import PlanError, plan_capacity
 from tiered_operator.core.render import MANAGED_BY, endpoint
 
 CONFIG_KEY = "router.yaml"
+
+
+class RouterConfigRejected(ValueError):
+    """The router would refuse the config rendered from a policy (e.g. a rule's regex does not compile).
+
+    The message is the router's own reason, on one line. The CRD's CEL rules refuse what they can say at
+    apply; this covers what CEL cannot check (Python regular expressions).
+    """
+
+
+def _one_line(error: ValidationError) -> str:
+    def where(loc: tuple[int | str, ...]) -> str:
+        return ".".join(str(part) for part in loc)
+
+    problems = [
+        (f"{where(issue['loc'])}: " if issue["loc"] else "") + issue["msg"].removeprefix("Value error, ")
+        for issue in error.errors()
+    ]
+    return "; ".join(problems).replace("\n", " ")
 
 
 def api_key_env(tier_name: str) -> str:
@@ -83,7 +103,18 @@ def router_config(
     """The router's config for `policy` and what of the policy it leaves out.
 
     `tiers`: the InferenceTiers of the policy's namespace by name; `bursting`: `status.burst.active`.
+    Raises RouterConfigRejected (one line, the router's message) when the router would refuse the result;
+    the operator reports it as the policy's `Invalid` condition, `tiered render` as exit code 2.
     """
+    try:
+        return _router_config(policy, tiers, bursting=bursting)
+    except ValidationError as error:
+        raise RouterConfigRejected(f"the router would reject this policy: {_one_line(error)}") from None
+
+
+def _router_config(
+    policy: RoutingPolicy, tiers: Mapping[str, InferenceTier], *, bursting: bool
+) -> tuple[RouterConfig, list[str]]:
     spec = policy.spec
     notes = []
     rules = []
