@@ -34,7 +34,8 @@ POLICY = {
     "apiVersion": "tiered.dev/v1alpha1", "kind": "RoutingPolicy", "metadata": {"name": "default"},
     "spec": {
         "tiers": [{"name": "triage", "tierRef": "triage"},
-                  {"name": "frontier", "external": {"baseURL": "https://api.example.com/v1", "model": "big"}}],
+                  {"name": "frontier", "external": {"baseURL": "https://api.example.com/v1", "model": "big"},
+                   "pricing": {"inputPerMTok": 5, "outputPerMTok": 30}}],
         "default": "triage",
         "burst": {"from": "triage", "to": "frontier", "utilizationAbove": 85, "forSeconds": 4,
                   "exitBelow": 70, "exitForSeconds": 4},

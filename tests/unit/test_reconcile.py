@@ -1,4 +1,4 @@
-"""Reconcile decisions as tables: child actions, health from KubeRay status, status patches, conditions."""
+"""Reconcile decisions as tables: child actions and drift, health from KubeRay status, typed status."""
 
 from __future__ import annotations
 
@@ -10,12 +10,29 @@ from typing import Any
 import pytest
 import yaml
 from tiered_operator.api import conditions as c
+from tiered_operator.api.status import (
+    PolicyStatus,
+    TierStatus,
+    WantedCondition,
+    find,
+    parse_status,
+    set_conditions,
+    status_patch,
+    timestamp,
+)
 from tiered_operator.core.reconcile import (
+    AutoscaleRecord,
     ChildAction,
+    TierInvalid,
     child_action,
+    child_events,
+    desired_tier,
+    failed_status,
+    parse_policy,
     policy_status,
     rayservice_health,
-    reconcile_tier,
+    status_events,
+    tier_status,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,32 +45,6 @@ def example(name: str) -> dict[str, Any]:
     return body
 
 
-class RecordingWriter:
-    """Stands in for the Kubernetes API in pure tests: records writes, stores what was written."""
-
-    def __init__(self) -> None:
-        self.writes: list[tuple[str, Any]] = []
-
-    async def create(self, plural: str, obj: Any) -> dict[str, Any]:
-        self.writes.append(("create", copy.deepcopy(obj)))
-        return dict(obj)
-
-    async def patch(self, plural: str, api_version: str, namespace: str, name: str, patch: Any) -> dict[str, Any]:
-        self.writes.append(("patch", copy.deepcopy(patch)))
-        return {}
-
-
-async def converge(body: dict[str, Any], actual: dict[str, Any] | None, writer: RecordingWriter,
-                   **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """One reconcile pass; apply its status patch to `body` and its writes to `actual`."""
-    outcome = await reconcile_tier(body, actual, writer, NOW, **kwargs)
-    body = {**body, "status": {**(body.get("status") or {}), **outcome.status_patch}}
-    for verb, obj in writer.writes:
-        actual = obj if verb == "create" else _merge(copy.deepcopy(actual), obj)
-    writer.writes.clear()
-    return body, actual
-
-
 def _merge(target: Any, patch: Any) -> Any:
     if not isinstance(patch, dict) or not isinstance(target, dict):
         return patch
@@ -62,43 +53,56 @@ def _merge(target: Any, patch: Any) -> Any:
     return target
 
 
-async def test_create_then_nothing_to_do() -> None:
-    writer = RecordingWriter()
-    body, actual = await converge(example("tier-awq-h100.yaml"), None, writer)
-    assert actual is not None and actual["kind"] == "RayService"
-    second = await reconcile_tier(body, actual, writer, NOW + timedelta(minutes=5))
-    assert writer.writes == []
-    assert second.status_patch == {} and second.events == [] and second.action == "none"
+def reconcile(body: dict[str, Any], actual: dict[str, Any] | None, now: datetime = NOW,
+              record: AutoscaleRecord | None = None) -> tuple[ChildAction, dict[str, Any], dict[str, Any] | None]:
+    """One pass as the controller makes it: (action, status patch, the child after the action)."""
+    desired = desired_tier(body, record.replicas if record else None)
+    action = child_action(desired.child, actual)
+    if action.kind == "create":
+        actual = copy.deepcopy(desired.child.manifest)
+    elif action.kind != "none":
+        actual = _merge(copy.deepcopy(actual), copy.deepcopy(action.patch))
+    existing = parse_status(TierStatus, body.get("status"))
+    patch = status_patch(body.get("status"), tier_status(desired, action, actual, existing, record, now))
+    body["status"] = {**(body.get("status") or {}), **patch}
+    return action, patch, actual
 
 
-async def test_replica_and_model_changes() -> None:
-    writer = RecordingWriter()
-    body, actual = await converge(example("tier-awq-h100.yaml"), None, writer)
+def test_create_then_nothing_to_do() -> None:
+    body = example("tier-awq-h100.yaml")
+    action, patch, actual = reconcile(body, None)
+    assert action.kind == "create" and actual is not None and actual["kind"] == "RayService"
+    assert patch["replicas"] == {"desired": 2, "ready": 0}
+    action, patch, _ = reconcile(body, actual, NOW + timedelta(minutes=5))
+    assert (action.kind, patch) == ("none", {})
+
+
+def test_replica_and_model_changes() -> None:
+    body = example("tier-awq-h100.yaml")
+    _, _, actual = reconcile(body, None)
 
     body["spec"]["replicas"]["min"] = 5
-    outcome = await reconcile_tier(body, actual, writer, NOW)
-    assert outcome.action == "rescale"
-    ((_, patch),) = writer.writes
-    assert set(patch["spec"]) == {"serveConfigV2", "rayClusterConfig"}
-    assert "num_replicas: 5" in patch["spec"]["serveConfigV2"]
-    writer.writes.clear()
+    action, _, actual = reconcile(body, actual)
+    assert action.kind == "rescale"
+    assert set(action.patch["spec"]) == {"serveConfigV2", "rayClusterConfig"}
+    assert "num_replicas: 5" in action.patch["spec"]["serveConfigV2"]
 
     body["spec"]["model"]["maxModelLen"] = 4096
-    outcome = await reconcile_tier(body, actual, writer, NOW)
-    assert outcome.action == "update"
-    assert "max_model_len: 4096" in writer.writes[0][1]["spec"]["serveConfigV2"]
-    assert [e.reason for e in outcome.events] == ["RayServiceUpdated"]
+    desired = desired_tier(body, None)
+    action = child_action(desired.child, actual)
+    assert (action.kind, action.why) == ("update", "spec changed")
+    assert "max_model_len: 4096" in action.patch["spec"]["serveConfigV2"]
+    assert [e.reason for e in child_events(desired, action, autoscaled=True)] == ["RayServiceUpdated"]
 
 
-async def test_autoscaler_choice_is_clamped_and_ignored_when_autoscaling_is_off() -> None:
-    writer = RecordingWriter()
-    body = example("tier-awq-h100.yaml")  # min 2, max 8, autoscaling on
-    _, actual = await converge(body, None, writer, autoscaled_replicas=20)
+def test_autoscaler_choice_is_clamped_and_ignored_when_autoscaling_is_off() -> None:
+    record = AutoscaleRecord(replicas=20, conditions=())
+    _, _, actual = reconcile(example("tier-awq-h100.yaml"), None, record=record)  # min 2, max 8, autoscaled
     assert "num_replicas: 8" in actual["spec"]["serveConfigV2"]
 
     edge = example("tier-llamacpp-cpu.yaml")  # autoscaling off, min 1
     edge["spec"]["replicas"]["desired"] = 3
-    _, actual = await converge(edge, None, writer, autoscaled_replicas=4)
+    _, _, actual = reconcile(edge, None, record=AutoscaleRecord(replicas=4, conditions=()))
     assert actual["spec"]["serveConfigV2"].count("num_replicas: 3") == 1
 
 
@@ -110,20 +114,21 @@ async def test_autoscaler_choice_is_clamped_and_ignored_when_autoscaling_is_off(
         ({"replicas": {"min": 1, "max": "many"}}, c.INVALID_SPEC, "spec.replicas.max: Input should be a valid"),
     ],
 )
-async def test_invalid_specs_report_and_write_nothing(mutation: dict, reason: str, fragment: str) -> None:
+def test_invalid_specs_report_once(mutation: dict, reason: str, fragment: str) -> None:
     body = example("tier-awq-h100.yaml")
     body["spec"].update(mutation)
-    writer = RecordingWriter()
-    outcome = await reconcile_tier(body, None, writer, NOW)
-    assert writer.writes == []
-    invalid = c.find(outcome.status_patch["conditions"], c.INVALID)
-    assert (invalid["status"], invalid["reason"]) == ("True", reason)
-    assert fragment in invalid["message"]
-    assert [(e.type, e.reason) for e in outcome.events] == [("Warning", reason)]
+    with pytest.raises(TierInvalid) as raised:
+        desired_tier(body, None)
+    assert raised.value.reason == reason and fragment in str(raised.value)
+    status = failed_status(TierStatus(), 1, reason, str(raised.value), NOW, invalid=True)
+    invalid = find(status.conditions, c.INVALID)
+    assert invalid is not None and (invalid.status, invalid.reason) == ("True", reason)
+    assert [(e.type, e.reason) for e in status_events((), status.conditions)] == [("Warning", reason)]
     # The same invalid spec again: no new status, no new Event.
-    body["status"] = outcome.status_patch
-    again = await reconcile_tier(body, None, writer, NOW + timedelta(seconds=30))
-    assert again.status_patch == {} and again.events == []
+    raw = status_patch(None, status)
+    again = failed_status(parse_status(TierStatus, raw), 1, reason, str(raised.value), NOW + timedelta(seconds=30),
+                          invalid=True)
+    assert status_patch(raw, again) == {} and status_events(status.conditions, again.conditions) == []
 
 
 def _rayservice(status: dict[str, Any]) -> dict[str, Any]:
@@ -149,42 +154,79 @@ def test_health_from_kuberay_status(status: dict, ready: bool, degraded: bool) -
     assert (health.ready, health.degraded) == (ready, degraded)
 
 
-def test_child_action_compares_hash_then_replicas() -> None:
-    desired = {"metadata": {"annotations": {"tiered.dev/spec-hash": "a"}, "labels": {}},
-               "spec": {"serveConfigV2": "applications: []\n", "rayClusterConfig": {"workerGroupSpecs": []}}}
-    assert child_action(desired, None) == ChildAction("create")
-    stale = copy.deepcopy(desired)
+def test_child_action_repairs_drift_anywhere_but_ignores_server_defaults() -> None:
+    body = example("tier-awq-h100.yaml")
+    desired = desired_tier(body, None)
+    actual = copy.deepcopy(desired.child.manifest)
+    assert child_action(desired.child, None) == ChildAction("create")
+    assert child_action(desired.child, actual).kind == "none"
+
+    defaulted = copy.deepcopy(actual)  # what a server adds is not drift
+    defaulted["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] = False
+    defaulted["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0][
+        "imagePullPolicy"] = "IfNotPresent"
+    defaulted["metadata"]["resourceVersion"] = "7"
+    assert child_action(desired.child, defaulted).kind == "none"
+
+    stale = copy.deepcopy(actual)
     stale["metadata"]["annotations"]["tiered.dev/spec-hash"] = "b"
-    assert child_action(desired, stale).kind == "update"
-    drifted_extra_field = copy.deepcopy(desired)
-    drifted_extra_field["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] = False  # server defaults
-    assert child_action(desired, drifted_extra_field).kind == "none"
+    assert child_action(desired.child, stale).kind == "update"
+
+    edited = copy.deepcopy(actual)  # a hand edit of the head image, hash untouched
+    edited["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"] = "evil:1"
+    action = child_action(desired.child, edited)
+    assert (action.kind, action.why) == ("update", "edited outside the operator")
+    assert action.patch["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0][
+        "image"] == desired.child.manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"][
+        "containers"][0]["image"]
+
+    unlabelled = copy.deepcopy(actual)
+    del unlabelled["metadata"]["labels"]["app.kubernetes.io/managed-by"]
+    assert child_action(desired.child, unlabelled).kind == "update"
+
+    rescaled = desired_tier(body, 6).child
+    assert child_action(rescaled, actual).kind == "rescale"
 
 
 def test_condition_transition_time_moves_only_on_flips() -> None:
-    first = c.merge_conditions(None, [c.Condition(type="Ready", status="False", reason="A")], now=NOW,
-                               generation=1)
+    first = set_conditions((), [WantedCondition(type="Ready", status="False", reason="A")], now=NOW, generation=1)
     later = NOW + timedelta(minutes=1)
-    same = c.merge_conditions(first, [c.Condition(type="Ready", status="False", reason="B", message="m")],
-                              now=later, generation=2)
-    assert same[0]["lastTransitionTime"] == first[0]["lastTransitionTime"]
-    assert (same[0]["reason"], same[0]["observedGeneration"]) == ("B", 2)
-    flipped = c.merge_conditions(same, [c.Condition(type="Ready", status="True", reason="C")], now=later,
-                                 generation=2)
-    assert flipped[0]["lastTransitionTime"] == c.timestamp(later)
+    same = set_conditions(first, [WantedCondition(type="Ready", status="False", reason="B", message="m")],
+                          now=later, generation=2)
+    assert same[0].last_transition_time == first[0].last_transition_time
+    assert (same[0].reason, same[0].observed_generation) == ("B", 2)
+    flipped = set_conditions(same, [WantedCondition(type="Ready", status="True", reason="C")], now=later,
+                             generation=2)
+    assert flipped[0].last_transition_time == timestamp(later)
+
+
+def test_status_patch_writes_changed_keys_whole_and_leaves_others() -> None:
+    body = example("tier-awq-h100.yaml")
+    _, patch, _ = reconcile(body, None)
+    raw = {**patch, "kopf": {"progress": {}}}  # kopf's own key is not ours to touch
+    status = parse_status(TierStatus, raw)
+    assert status_patch(raw, status) == {}
+    scaled = status.model_copy(update={"utilization": 91.5})
+    assert status_patch(raw, scaled) == {"utilization": 91.5}
+    hand_edited = {**raw, "replicas": {"desired": "lots"}}  # unreadable parts count as absent
+    assert parse_status(TierStatus, hand_edited).replicas is None
 
 
 def test_policy_status_tracks_referenced_tiers() -> None:
-    body = example("policy-frontier.yaml")
-    ready = {"conditions": [{"type": "Ready", "status": "True"}], "endpoint": "http://x/v1"}
-    waiting = {"conditions": [{"type": "Ready", "status": "False"}]}
-    outcome = policy_status(body, {"triage": ready, "extract": waiting}, NOW)
-    condition = c.find(outcome.status_patch["conditions"], c.READY)
-    assert (condition["reason"], condition["message"]) == (c.TIERS_MISSING, "InferenceTier not found: edge")
-    outcome = policy_status(body, {"triage": ready, "extract": waiting, "edge": ready}, NOW)
-    assert c.find(outcome.status_patch["conditions"], c.READY)["reason"] == c.TIERS_NOT_READY
-    outcome = policy_status(body, {"triage": ready, "extract": ready, "edge": ready}, NOW)
-    assert c.find(outcome.status_patch["conditions"], c.READY)["status"] == "True"
-    assert outcome.status_patch["tiers"][0] == {"name": "triage", "kind": "local", "tierRef": "triage",
-                                                "endpoint": "http://x/v1", "ready": True}
-    assert outcome.status_patch["burst"] == {"active": False}
+    policy = parse_policy(example("policy-frontier.yaml"))
+    ready = parse_status(TierStatus, {"conditions": [{"type": "Ready", "status": "True", "reason": "R"}],
+                                      "endpoint": "http://x/v1"})
+    waiting = parse_status(TierStatus, {"conditions": [{"type": "Ready", "status": "False", "reason": "W"}]})
+
+    def ready_condition(tiers: dict[str, TierStatus]) -> Any:
+        return find(policy_status(policy, tiers, PolicyStatus(), None, NOW).conditions, c.READY)
+
+    condition = ready_condition({"triage": ready, "extract": waiting})
+    assert (condition.reason, condition.message) == (c.TIERS_MISSING, "InferenceTier not found: edge")
+    assert ready_condition({"triage": ready, "extract": waiting, "edge": ready}).reason == c.TIERS_NOT_READY
+    status = policy_status(policy, {"triage": ready, "extract": ready, "edge": ready}, PolicyStatus(), None, NOW)
+    assert find(status.conditions, c.READY).status == "True"
+    patch = status_patch(None, status)
+    assert patch["tiers"][0] == {"name": "triage", "kind": "local", "tierRef": "triage",
+                                 "endpoint": "http://x/v1", "ready": True}
+    assert patch["burst"] == {"active": False}

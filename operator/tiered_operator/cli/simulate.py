@@ -29,9 +29,10 @@ from typing import Literal
 from tiered_operator.api.model import Burst, InferenceTier, InferenceTierSpec, RoutingPolicy
 from tiered_operator.cli import UsageError
 from tiered_operator.cli.commands import _load as load_objects  # files or folders; errors → UsageError
-from tiered_operator.core.burst import BurstDecision, BurstState, decide_burst
+from tiered_operator.core.autoscale import decide_tick
+from tiered_operator.core.burst import BurstDecision, BurstState
 from tiered_operator.core.plan import PlanError, plan_capacity
-from tiered_operator.core.scaling import Sample, ScalingDecision, ScalingState, decide_replicas
+from tiered_operator.core.scaling import Sample, ScalingDecision, ScalingState
 
 TraceKind = Literal["utilization", "rps"]
 
@@ -145,17 +146,10 @@ def replay(
             index += 1
         signal = load.signal(points[index].value, replicas) if index >= 0 else None
         sample = None if signal is None else Sample(value=signal, timestamp=points[index].t)
-        scaling = decide_replicas(sample, scaling_state, replicas, tier.autoscaling, tier.replicas, now)
-        bursting = None
-        if burst is not None:
-            bursting = decide_burst(
-                sample,
-                burst_state,
-                burst,
-                now,
-                at_max_replicas=scaling.replicas >= tier.replicas.max,
-                stale_after=tier.autoscaling.stale_after_seconds,
-            )
+        decision = decide_tick(sample, scaling_state, replicas, tier,
+                               {"burst": (burst, burst_state)} if burst is not None else {}, now)
+        scaling, bursting = decision.scaling, decision.bursts.get("burst")
+        if bursting is not None:
             burst_state = bursting.state
         ticks.append(Tick(now, signal, replicas, scaling, bursting))
         scaling_state, replicas = scaling.state, scaling.replicas

@@ -6,9 +6,12 @@ decisions happen in `reconcile` and `render`.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -21,6 +24,7 @@ class Kube:
     def __init__(self, api: client.ApiClient):
         self._api = api
         self._custom = client.CustomObjectsApi(api)
+        self._core = client.CoreV1Api(api)
 
     @classmethod
     async def connect(cls) -> Kube:
@@ -69,3 +73,42 @@ class Kube:
             group, version, namespace, plural, name, dict(patch), _content_type=MERGE_PATCH  # type: ignore[call-arg]
         )
         return patched
+
+    async def event(self, involved: Mapping[str, Any], type: str, reason: str, message: str, now: str) -> None:
+        """Post a core/v1 Event about `involved` (a whole object as read)."""
+        meta = involved["metadata"]
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
+                               "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "type": type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "tiered-operator"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "reportingComponent": "tiered.dev/operator",
+        }
+        await self._core.create_namespaced_event(meta["namespace"], body)  # type: ignore[arg-type]  # a dict body is sent as is
+
+
+def rejected(error: BaseException) -> str | None:
+    """The API server's message when it refused a write for good (4xx other than conflict/throttling)."""
+    if isinstance(error, ApiException) and error.status is not None and 400 <= error.status < 500 \
+            and error.status not in (404, 409, 429):
+        try:
+            message = json.loads(error.body or "{}").get("message")
+        except ValueError:
+            message = None
+        return str(message or error.reason or error.status)
+    return None
+
+
+def transient(error: BaseException) -> bool:
+    """Errors that may pass by themselves: the API server unwell, throttling, conflicts, the network."""
+    if isinstance(error, ApiException):
+        return error.status is None or error.status >= 500 or error.status in (409, 429)
+    return isinstance(error, aiohttp.ClientError | asyncio.TimeoutError | ConnectionError)

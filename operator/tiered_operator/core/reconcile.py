@@ -1,10 +1,10 @@
-"""Level-based reconciliation of InferenceTiers (and the status of RoutingPolicies).
+"""Pure reconcile decisions for InferenceTiers and RoutingPolicies.
 
-`reconcile_tier` serves create, update, resume and the periodic timer alike:
-parse → plan → render desired → compare with the actual child → apply only the difference → status.
-The decisions (`child_action`, `rayservice_health`, `tier_status`, `policy_status`) are pure functions;
-`reconcile_tier` only does the child write. Status changes are returned as a patch that holds only the
-keys that differ, so a reconcile with nothing to do makes no API write at all.
+The controller gathers inputs (the object, its child as last seen, the autoscaler's recorded decision) and
+asks these functions what the child and the status should be: `desired_tier` (parse → plan → render),
+`child_action` (the whole rendered child against the actual one, after server defaults), `tier_status` /
+`policy_status` (a whole typed status), `status_events` (the Events a status change deserves).
+Nothing here writes; `controller.reconciler` applies the answers.
 """
 
 from __future__ import annotations
@@ -12,38 +12,39 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from tiered_operator.api import conditions as c
 from tiered_operator.api.model import InferenceTier, RoutingPolicy
 from tiered_operator.api.objects import InvalidObject, parse_spec
+from tiered_operator.api.status import (
+    BurstStatus,
+    Condition,
+    PolicyStatus,
+    PolicyTierStatus,
+    TierPlan,
+    TierReplicas,
+    TierStatus,
+    WantedCondition,
+    find,
+    is_true,
+    set_conditions,
+)
 from tiered_operator.core.plan import CapacityPlan, PlanError, plan_capacity
 from tiered_operator.core.render import (
     SPEC_HASH_ANNOTATION,
     TIER_LABEL,
+    RenderedRayService,
     desired_replicas,
     endpoint,
-    render_rayservice,
+    render_tier,
     replica_fields,
+    without_replica_counts,
 )
 
-RAYSERVICES = "rayservices"
 HEALTHY_APP_STATES = {"RUNNING"}
 FAILED_APP_STATES = {"DEPLOY_FAILED", "UNHEALTHY"}
-
-
-class ChildWriter(Protocol):
-    async def create(self, plural: str, obj: Mapping[str, Any]) -> dict[str, Any] | None: ...
-
-    async def patch(
-        self, plural: str, api_version: str, namespace: str, name: str, patch: Mapping[str, Any]
-    ) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True)
-class ChildAction:
-    kind: Literal["create", "update", "rescale", "none"]
-    patch: dict[str, Any] = field(default_factory=dict)
+CHILD_METADATA = ("labels", "annotations", "ownerReferences")
 
 
 @dataclass(frozen=True)
@@ -53,37 +54,85 @@ class Event:
     message: str
 
 
-@dataclass
-class Outcome:
-    """What a reconcile decided: the status patch (changed keys only) and the Events to post."""
-
-    status_patch: dict[str, Any] = field(default_factory=dict)
-    events: list[Event] = field(default_factory=list)
-    action: str = "none"
+@dataclass(frozen=True)
+class ChildAction:
+    kind: Literal["create", "update", "rescale", "none"]
+    patch: dict[str, Any] = field(default_factory=dict)
+    why: str = ""
 
 
-def child_action(desired: Mapping[str, Any], actual: Mapping[str, Any] | None) -> ChildAction:
-    """How to move the actual RayService to the desired one, by spec hash first, replica counts second."""
+@dataclass(frozen=True)
+class DesiredTier:
+    tier: InferenceTier
+    plan: CapacityPlan
+    replicas: int
+    child: RenderedRayService
+
+
+class TierInvalid(ValueError):
+    """The tier cannot be served as written; `reason` is the condition reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+def desired_tier(body: Mapping[str, Any], autoscaled_replicas: int | None) -> DesiredTier:
+    """Parse, plan and render a tier. Raises TierInvalid.
+
+    `autoscaled_replicas` is the autoscaler's recorded choice (honoured only when autoscaling is on);
+    without one, the replicas last written to status hold, so a restart does not reset a scaled tier.
+    """
+    try:
+        tier = parse_spec(body)
+        assert isinstance(tier, InferenceTier)
+        plan = plan_capacity(tier.spec)
+    except InvalidObject as error:
+        raise TierInvalid(c.INVALID_SPEC, "; ".join(error.problems)) from None
+    except PlanError as error:
+        raise TierInvalid(c.DOES_NOT_FIT, str(error)) from None
+    if autoscaled_replicas is None:
+        autoscaled_replicas = ((body.get("status") or {}).get("replicas") or {}).get("desired")
+    replicas = desired_replicas(tier.spec, autoscaled_replicas)
+    return DesiredTier(tier, plan, replicas, render_tier(tier, plan, replicas))
+
+
+def contains(actual: Any, desired: Any) -> bool:
+    """Whether `actual` holds everything `desired` sets: extra keys (server defaults) are fine, lists must
+    match item by item."""
+    if isinstance(desired, Mapping):
+        return isinstance(actual, Mapping) and all(
+            key in actual and contains(actual[key], value) for key, value in desired.items())
+    if isinstance(desired, list):
+        return isinstance(actual, list) and len(actual) == len(desired) and all(
+            contains(a, d) for a, d in zip(actual, desired, strict=True))
+    return bool(actual == desired)
+
+
+def child_action(desired: RenderedRayService, actual: Mapping[str, Any] | None) -> ChildAction:
+    """How to move the actual RayService to the desired one.
+
+    A spec-hash change is a spec change → update. Otherwise the whole child (replica counts blanked) is
+    compared with what the server holds, so hand edits anywhere (the head image, a label) are repaired.
+    Replica counts alone differing → a rescale that leaves the hash alone.
+    """
+    manifest = desired.manifest
     if actual is None:
         return ChildAction("create")
-    actual_hash = (actual.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
-    if actual_hash != desired["metadata"]["annotations"][SPEC_HASH_ANNOTATION]:
-        # A merge patch's null deletes: carry only the metadata the render set.
-        metadata = {key: desired["metadata"][key] for key in ("labels", "annotations", "ownerReferences")
-                    if key in desired["metadata"]}
-        return ChildAction("update", {"metadata": metadata, "spec": desired["spec"]})
-    if replica_fields(actual) != replica_fields(desired):
-        return ChildAction(
-            "rescale",
-            {
-                "spec": {
-                    "serveConfigV2": desired["spec"]["serveConfigV2"],
-                    "rayClusterConfig": {
-                        "workerGroupSpecs": desired["spec"]["rayClusterConfig"]["workerGroupSpecs"]
-                    },
-                }
-            },
-        )
+    metadata = {key: manifest["metadata"][key] for key in CHILD_METADATA if key in manifest["metadata"]}
+    update = {"metadata": metadata, "spec": manifest["spec"]}  # a merge patch's null deletes: no None here
+    actual_hash = ((actual.get("metadata") or {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+    if actual_hash != desired.spec_hash:
+        return ChildAction("update", update, "spec changed")
+    if not contains(actual.get("metadata") or {}, metadata) or not contains(
+            without_replica_counts(actual), desired.comparable):
+        return ChildAction("update", update, "edited outside the operator")
+    if replica_fields(actual) != desired.replicas:
+        spec = manifest["spec"]
+        return ChildAction("rescale", {"spec": {
+            "serveConfigV2": spec["serveConfigV2"],
+            "rayClusterConfig": {"workerGroupSpecs": spec["rayClusterConfig"]["workerGroupSpecs"]},
+        }})
     return ChildAction("none")
 
 
@@ -99,11 +148,9 @@ def rayservice_health(actual: Mapping[str, Any] | None) -> Health:
     if actual is None:
         return Health(False, False, "RayService not created yet")
     status = actual.get("status") or {}
-    ready_condition = c.find(status.get("conditions"), "Ready")
+    ready_condition = next((cond for cond in status.get("conditions") or () if cond.get("type") == "Ready"), None)
     apps = (status.get("activeServiceStatus") or {}).get("applicationStatuses") or {}
-    failed = {
-        name: app for name, app in apps.items() if (app or {}).get("status") in FAILED_APP_STATES
-    }
+    failed = {name: app for name, app in apps.items() if (app or {}).get("status") in FAILED_APP_STATES}
     if failed:
         detail = "; ".join(
             f"application {name} is {app.get('status')}: {app.get('message', '')}".rstrip(": ")
@@ -120,190 +167,177 @@ def rayservice_health(actual: Mapping[str, Any] | None) -> Health:
     return Health(apps_ready, False, "serving" if apps_ready else "waiting for KubeRay to report readiness")
 
 
-def _changed(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in wanted.items() if existing.get(key) != value}
+@dataclass(frozen=True)
+class AutoscaleRecord:
+    """The autoscaler's last decision for one tier, which the tier's reconcile writes into status."""
+
+    replicas: int
+    conditions: tuple[WantedCondition, ...]  # MetricsAvailable, Scaling
+    utilization: float | None = None
+    last_scale_time: str | None = None
 
 
-def _events(before: Any, after: list[dict[str, Any]]) -> list[Event]:
-    """Events for the flips a person wants to hear of: the spec became invalid, readiness was gained or
-    lost (not the first "not ready yet" of a new object), the application degraded."""
-    events = []
-    if (invalid := c.flipped(before, after, c.INVALID)) and invalid["status"] == "True":
-        events.append(Event("Warning", str(invalid["reason"]), str(invalid["message"])))
-    if (ready := c.flipped(before, after, c.READY)) and invalid is None:
-        kind: Literal["Normal", "Warning"] = "Normal" if ready["status"] == "True" else "Warning"
-        if ready["status"] == "True" or c.find(before, c.READY) is not None:
-            events.append(Event(kind, str(ready["reason"]), str(ready["message"])))
-    if (degraded := c.flipped(before, after, c.DEGRADED)) and degraded["status"] == "True":
-        events.append(Event("Warning", str(degraded["reason"]), str(degraded["message"])))
-    return events
-
-
-def invalid_status(
-    body: Mapping[str, Any], reason: str, message: str, now: datetime
-) -> Outcome:
-    """Status for a spec that cannot be served: Invalid=True, not Ready, and nothing else touched."""
-    status = body.get("status") or {}
-    generation = int(body.get("metadata", {}).get("generation") or 0)
-    conditions = c.merge_conditions(
-        status.get("conditions"),
-        [
-            c.Condition(type=c.INVALID, status="True", reason=reason, message=message),
-            c.Condition(type=c.READY, status="False", reason=reason, message=message),
-            c.Condition(type=c.PROGRESSING, status="False", reason=reason, message="fix the spec"),
-        ],
-        now=now,
-        generation=generation,
-    )
-    wanted = {"observedGeneration": generation, "conditions": conditions}
-    return Outcome(_changed(status, wanted), _events(status.get("conditions"), conditions))
+def failed_status(
+    existing: TierStatus | PolicyStatus, generation: int, reason: str, message: str, now: datetime,
+    *, invalid: bool,
+) -> TierStatus | PolicyStatus:
+    """Status for an object that cannot be reconciled: Invalid (fix the spec) or Degraded (an error),
+    not Ready; everything else left as it is."""
+    wanted = [WantedCondition(type=c.READY, status="False", reason=reason, message=message),
+              WantedCondition(type=c.PROGRESSING, status="False", reason=reason,
+                              message="fix the spec" if invalid else "retrying")]
+    wanted.append(WantedCondition(type=c.INVALID if invalid else c.DEGRADED, status="True", reason=reason,
+                                  message=message))
+    conditions = set_conditions(existing.conditions, wanted, now=now, generation=generation)
+    return existing.model_copy(update={"observed_generation": generation, "conditions": conditions})
 
 
 def tier_status(
-    tier: InferenceTier,
-    plan: CapacityPlan,
-    replicas: int,
+    desired: DesiredTier,
     action: ChildAction,
     actual: Mapping[str, Any] | None,
-    existing: Mapping[str, Any],
+    existing: TierStatus,
+    record: AutoscaleRecord | None,
     now: datetime,
-) -> Outcome:
-    """The status a valid tier should have after `action` on its child."""
+) -> TierStatus:
+    """The whole status a valid tier should have after `action` on its child."""
+    tier, plan, replicas = desired.tier, desired.plan, desired.replicas
     health = rayservice_health(actual)
-    changing = action.kind != "none"
-    if health.ready and not changing:
-        progressing = c.Condition(type=c.PROGRESSING, status="False", reason=c.RECONCILED, message="")
+    if health.ready and action.kind == "none":
+        progressing = WantedCondition(type=c.PROGRESSING, status="False", reason=c.RECONCILED)
     else:
         # While KubeRay works, keep saying what started it (Creating, Updating…): no write per pass.
-        previous = c.find(existing.get("conditions"), c.PROGRESSING) or {}
-        ongoing = previous.get("reason") if previous.get("status") == "True" else None
+        previous = find(existing.conditions, c.PROGRESSING)
+        ongoing = previous.reason if previous is not None and previous.status == "True" else None
         reason = {"create": c.CREATING, "update": c.UPDATING, "rescale": c.RESCALING}.get(
-            action.kind, str(ongoing or c.WAITING_FOR_RAYSERVICE)
-        )
-        progressing = c.Condition(type=c.PROGRESSING, status="True", reason=reason, message=health.message)
-    ready = c.Condition(
-        type=c.READY,
-        status="True" if health.ready else "False",
-        reason=c.RAYSERVICE_READY if health.ready else c.WAITING_FOR_RAYSERVICE,
-        message=health.message,
-    )
-    degraded = c.Condition(
-        type=c.DEGRADED,
-        status="True" if health.degraded else "False",
-        reason=c.APPLICATION_UNHEALTHY if health.degraded else c.HEALTHY,
-        message=health.message if health.degraded else "",
-    )
-    valid = c.Condition(type=c.INVALID, status="False", reason=c.VALID, message="")
+            action.kind, ongoing or c.WAITING_FOR_RAYSERVICE)
+        progressing = WantedCondition(type=c.PROGRESSING, status="True", reason=reason, message=health.message)
+    wanted = [
+        WantedCondition(type=c.INVALID, status="False", reason=c.VALID),
+        WantedCondition(type=c.READY, status="True" if health.ready else "False",
+                        reason=c.RAYSERVICE_READY if health.ready else c.WAITING_FOR_RAYSERVICE,
+                        message=health.message),
+        progressing,
+        WantedCondition(type=c.DEGRADED, status="True" if health.degraded else "False",
+                        reason=c.APPLICATION_UNHEALTHY if health.degraded else c.HEALTHY,
+                        message=health.message if health.degraded else ""),
+        *(record.conditions if record is not None else ()),
+    ]
     generation = tier.metadata.generation
-    conditions = c.merge_conditions(
-        existing.get("conditions"), [valid, ready, progressing, degraded], now=now, generation=generation
-    )
     actual_replicas = replica_fields(actual)["numReplicas"] if actual else []
-    ready_replicas = actual_replicas[0] if health.ready and actual_replicas else 0
-    wanted: dict[str, Any] = {
-        "observedGeneration": generation,
-        "conditions": conditions,
-        "replicas": {**(existing.get("replicas") or {}), "desired": replicas, "ready": ready_replicas},
-        "plan": {
-            "weightsGiB": plan.weights_gib,
-            "kvCacheGiB": plan.kv_cache_gib,
-            "replicaGiB": plan.replica_gib,
-            "replicasPerGpu": plan.replicas_per_gpu,
-            "gpusPerReplica": plan.gpus_per_replica,
-            "tensorParallelSize": plan.tensor_parallel_size,
-            "gpus": plan.worker_gpus(replicas),
-        },
+    updates: dict[str, Any] = {
+        "observed_generation": generation,
+        "conditions": set_conditions(existing.conditions, wanted, now=now, generation=generation),
+        "replicas": TierReplicas(desired=replicas,
+                                 ready=actual_replicas[0] if health.ready and actual_replicas else 0),
+        "plan": TierPlan(weights_gi_b=plan.weights_gib, kv_cache_gi_b=plan.kv_cache_gib,
+                         replica_gi_b=plan.replica_gib, replicas_per_gpu=plan.replicas_per_gpu,
+                         gpus_per_replica=plan.gpus_per_replica, tensor_parallel_size=plan.tensor_parallel_size,
+                         gpus=plan.worker_gpus(replicas)),
         "endpoint": endpoint(tier.metadata.name, tier.metadata.namespace),
-        "rayService": tier.metadata.name,
+        "ray_service": tier.metadata.name,
         "selector": f"{TIER_LABEL}={tier.metadata.name}",
     }
-    events = _events(existing.get("conditions"), conditions)
-    if action.kind != "none":
-        verb = {"create": "Created", "update": "Updated", "rescale": "Rescaled"}[action.kind]
-        events.insert(0, Event("Normal", f"RayService{verb}", f"{verb} RayService {tier.metadata.name}: "
-                               f"replicas {replicas}, GPUs {plan.worker_gpus(replicas)}"))
-    return Outcome(_changed(existing, wanted), events, action.kind)
+    if record is not None:
+        if record.utilization is not None:
+            updates["utilization"] = record.utilization
+        if record.last_scale_time is not None:
+            updates["last_scale_time"] = record.last_scale_time
+    return existing.model_copy(update=updates)
 
 
-async def reconcile_tier(
-    body: Mapping[str, Any],
-    actual: Mapping[str, Any] | None,
-    writer: ChildWriter,
-    now: datetime,
-    autoscaled_replicas: int | None = None,
-) -> Outcome:
-    """Bring one tier's RayService to its spec; return the status patch and Events to post.
+def child_events(desired: DesiredTier, action: ChildAction, *, autoscaled: bool) -> list[Event]:
+    """What a write to the child deserves; a rescale the autoscaler chose has its own Event already."""
+    if action.kind == "none" or (action.kind == "rescale" and autoscaled):
+        return []
+    verb = {"create": "Created", "update": "Updated", "rescale": "Rescaled"}[action.kind]
+    why = f" ({action.why})" if action.why else ""
+    return [Event("Normal", f"RayService{verb}", f"{verb} RayService {desired.tier.metadata.name}{why}: "
+                  f"replicas {desired.replicas}, GPUs {desired.plan.worker_gpus(desired.replicas)}")]
 
-    `actual` is the RayService as last seen (from the operator's in-memory index), or None.
-    `autoscaled_replicas` is the autoscaler's choice, honoured only when autoscaling is on.
-    """
-    existing = body.get("status") or {}
+
+def status_events(before: tuple[Condition, ...], after: tuple[Condition, ...]) -> list[Event]:
+    """Events for the flips a person wants to hear of: the spec became invalid, readiness was gained or lost
+    (not the first "not ready yet" of a new object), something degraded, burst started or stopped."""
+    def flipped(condition_type: str) -> Condition | None:
+        old, new = find(before, condition_type), find(after, condition_type)
+        return new if new is not None and (old is None or old.status != new.status) else None
+
+    events = []
+    invalid = flipped(c.INVALID)
+    if invalid is not None and invalid.status == "True":
+        events.append(Event("Warning", invalid.reason, invalid.message))
+    ready = flipped(c.READY)
+    if ready is not None and invalid is None and (ready.status == "True" or find(before, c.READY) is not None):
+        events.append(Event("Normal" if ready.status == "True" else "Warning", ready.reason, ready.message))
+    degraded = flipped(c.DEGRADED)
+    if degraded is not None and degraded.status == "True":
+        events.append(Event("Warning", degraded.reason, degraded.message))
+    bursting = flipped(c.BURSTING)
+    if bursting is not None and (bursting.status == "True" or find(before, c.BURSTING) is not None):
+        events.append(Event("Warning" if bursting.status == "True" else "Normal", bursting.reason,
+                            bursting.message))
+    return events
+
+
+@dataclass(frozen=True)
+class BurstRecord:
+    """The burst decision for one policy, which the policy's reconcile writes into status."""
+
+    status: BurstStatus
+    condition: WantedCondition
+
+
+def parse_policy(body: Mapping[str, Any]) -> RoutingPolicy:
+    """Raises TierInvalid (the same reasons apply to policies)."""
     try:
-        parsed = parse_spec(body)
-        assert isinstance(parsed, InferenceTier)
-        plan = plan_capacity(parsed.spec)
+        policy = parse_spec(body)
     except InvalidObject as error:
-        return invalid_status(body, c.INVALID_SPEC, "; ".join(error.problems), now)
-    except PlanError as error:
-        return invalid_status(body, c.DOES_NOT_FIT, str(error), now)
-
-    if autoscaled_replicas is None:
-        autoscaled_replicas = (existing.get("replicas") or {}).get("desired")
-    replicas = desired_replicas(parsed.spec, autoscaled_replicas)
-    desired = render_rayservice(parsed, plan, replicas)
-    action = child_action(desired, actual)
-    meta = desired["metadata"]
-    if action.kind == "create":
-        actual = await writer.create(RAYSERVICES, desired)
-        if actual is None:  # it exists already: the next pass compares it
-            action = ChildAction("none")
-    elif action.kind != "none":
-        actual = await writer.patch(
-            RAYSERVICES, desired["apiVersion"], meta["namespace"], meta["name"], action.patch
-        )
-    return tier_status(parsed, plan, replicas, action, actual, existing, now)
+        raise TierInvalid(c.INVALID_SPEC, "; ".join(error.problems)) from None
+    assert isinstance(policy, RoutingPolicy)
+    return policy
 
 
 def policy_status(
-    body: Mapping[str, Any], tiers: Mapping[str, Mapping[str, Any]], now: datetime
-) -> Outcome:
+    policy: RoutingPolicy,
+    tiers: Mapping[str, TierStatus],
+    existing: PolicyStatus,
+    burst: BurstRecord | None,
+    now: datetime,
+) -> PolicyStatus:
     """Status of a RoutingPolicy from the InferenceTiers it references (`tiers`: name → status)."""
-    existing = body.get("status") or {}
-    try:
-        parsed = parse_spec(body)
-        assert isinstance(parsed, RoutingPolicy)
-    except InvalidObject as error:
-        return invalid_status(body, c.INVALID_SPEC, "; ".join(error.problems), now)
-    spec = parsed.spec
-    entries = []
-    missing, not_ready = [], []
-    for tier in spec.tiers:
+    entries, missing, not_ready = [], [], []
+    for tier in policy.spec.tiers:
         if tier.external is not None:
-            entries.append({"name": tier.name, "kind": "external", "endpoint": tier.external.base_url,
-                            "ready": True})
+            entries.append(PolicyTierStatus(name=tier.name, kind="external", endpoint=tier.external.base_url,
+                                            ready=True))
             continue
         status = tiers.get(tier.tier_ref or "")
         if status is None:
-            missing.append(tier.tier_ref)
-            entries.append({"name": tier.name, "kind": "local", "tierRef": tier.tier_ref, "ready": False})
+            missing.append(str(tier.tier_ref))
+            entries.append(PolicyTierStatus(name=tier.name, kind="local", tier_ref=tier.tier_ref))
             continue
-        ready = (c.find(status.get("conditions"), c.READY) or {}).get("status") == "True"
+        ready = is_true(status.conditions, c.READY)
         if not ready:
-            not_ready.append(tier.tier_ref)
-        entries.append({"name": tier.name, "kind": "local", "tierRef": tier.tier_ref,
-                        "endpoint": status.get("endpoint"), "ready": ready})
+            not_ready.append(str(tier.tier_ref))
+        entries.append(PolicyTierStatus(name=tier.name, kind="local", tier_ref=tier.tier_ref,
+                                        endpoint=status.endpoint, ready=ready))
     if missing:
-        ready = c.Condition(type=c.READY, status="False", reason=c.TIERS_MISSING,
-                            message="InferenceTier not found: " + ", ".join(sorted(map(str, missing))))
+        ready_condition = WantedCondition(type=c.READY, status="False", reason=c.TIERS_MISSING,
+                                          message="InferenceTier not found: " + ", ".join(sorted(missing)))
     elif not_ready:
-        ready = c.Condition(type=c.READY, status="False", reason=c.TIERS_NOT_READY,
-                            message="InferenceTier not ready: " + ", ".join(sorted(map(str, not_ready))))
+        ready_condition = WantedCondition(type=c.READY, status="False", reason=c.TIERS_NOT_READY,
+                                          message="InferenceTier not ready: " + ", ".join(sorted(not_ready)))
     else:
-        ready = c.Condition(type=c.READY, status="True", reason=c.TIERS_READY, message="all tiers ready")
-    valid = c.Condition(type=c.INVALID, status="False", reason=c.VALID, message="")
-    generation = parsed.metadata.generation
-    conditions = c.merge_conditions(existing.get("conditions"), [valid, ready], now=now, generation=generation)
-    wanted = {"observedGeneration": generation, "conditions": conditions, "tiers": entries}
-    if "burst" not in existing:
-        wanted["burst"] = {"active": False}
-    return Outcome(_changed(existing, wanted), _events(existing.get("conditions"), conditions))
+        ready_condition = WantedCondition(type=c.READY, status="True", reason=c.TIERS_READY,
+                                          message="all tiers ready")
+    wanted = [WantedCondition(type=c.INVALID, status="False", reason=c.VALID), ready_condition]
+    if burst is not None:
+        wanted.append(burst.condition)
+    generation = policy.metadata.generation
+    return existing.model_copy(update={
+        "observed_generation": generation,
+        "conditions": set_conditions(existing.conditions, wanted, now=now, generation=generation),
+        "tiers": tuple(entries),
+        "burst": burst.status if burst is not None else existing.burst or BurstStatus(active=False),
+    })
