@@ -37,7 +37,8 @@ from typing import Any
 from tiered_devstack.processes import free_port, poll, stop
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-KUBECTL = REPO_ROOT / ".bin" / "kubectl"
+# The pinned kubectl (`make setup`); TIERED_KUBECTL names another one where there is no checkout.
+KUBECTL = Path(os.environ.get("TIERED_KUBECTL") or REPO_ROOT / ".bin" / "kubectl")
 TIERED = [sys.executable, "-m", "tiered_operator.cli"]  # the `tiered` command, without relying on PATH
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 MERGE = "application/merge-patch+json"
@@ -94,7 +95,8 @@ class EmulatorProcess:
 
 def check_kubectl() -> None:
     if not os.access(KUBECTL, os.X_OK):
-        raise RuntimeError(f"{KUBECTL} is missing: run `make setup` (the test bed needs the pinned kubectl)")
+        raise RuntimeError(f"{KUBECTL} is missing: run `make setup` (the test bed needs the pinned kubectl) "
+                           "or set TIERED_KUBECTL")
 
 
 @contextlib.contextmanager

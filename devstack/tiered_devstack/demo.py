@@ -1,10 +1,14 @@
 """`make demo`: the control plane on one machine, no cluster.
 
 Starts the Kubernetes API emulator, a real Prometheus scraping a stand-in DCGM exporter, and the real
-operator; applies `crds/` and `examples/` with the real kubectl; shows the tiers, plans and RayServices;
+operator; applies the CRDs and `examples/` with the real kubectl; shows the tiers, plans and RayServices;
 then plays KubeRay's part (marks the RayServices ready) and drives the `triage` tier's GPU utilization
 up and down so it scales, bursts to the frontier tier and comes back. Everything listens on 127.0.0.1 and
 stops at the end (or on Ctrl-C); `--keep` leaves the stack up until Ctrl-C.
+
+Runs from an installed copy too (`pip install 'tiered[devstack]'`): the CRDs are generated from the
+operator's models, the examples are package data (`tiered_devstack.data`); only kubectl comes from outside
+(`.bin/kubectl` in a checkout, else `TIERED_KUBECTL`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tiered_devstack.cluster import REPO_ROOT, EmulatorProcess, eventually, running_emulator, running_operator
+from tiered_operator.api.crds import all_crds, dump
+
+from tiered_devstack.cluster import EmulatorProcess, eventually, running_emulator, running_operator
+from tiered_devstack.data import EXAMPLES
 from tiered_devstack.dcgm_exporter import DcgmExporter, gpu
 from tiered_devstack.prometheus import Prometheus
 
@@ -80,12 +87,16 @@ def run(keep: bool) -> int:
             print(f"API {emulator.url}   Prometheus {prometheus.url}   KUBECONFIG={emulator.kubeconfig}")
 
             say("kubectl apply -f crds/ ; kubectl apply -f examples/")
-            show(emulator, "apply", "--validate=false", "-f", str(REPO_ROOT / "crds"))
-            show(emulator, "apply", "--validate=false", "-f", str(REPO_ROOT / "examples"))
+            crds = workdir / "crds"  # what `make crds` writes, from the same functions
+            crds.mkdir()
+            for name, crd in all_crds().items():
+                (crds / name).write_text(dump(crd))
+            show(emulator, "apply", "--validate=false", "-f", str(crds))
+            show(emulator, "apply", "--validate=false", "-f", str(EXAMPLES))
 
             say("tiered plan -f examples/   (capacity: what fits where)")
             plan = subprocess.run([str(Path(sys.executable).with_name("tiered")), "plan", "-f",
-                                   str(REPO_ROOT / "examples")], capture_output=True, text=True, check=True)
+                                   str(EXAMPLES)], capture_output=True, text=True, check=True)
             print(plan.stdout.rstrip())
 
             eventually(lambda: all(get(emulator, "rayservice", n) for n in ("triage", "extract", "edge")),

@@ -14,7 +14,7 @@ from tiered_operator.cli.commands import render_documents
 from tiered_operator.core.render import SPEC_HASH_ANNOTATION
 
 ROOT = Path(__file__).resolve().parents[2]
-KUBERAY_CRD = yaml.safe_load((ROOT.parent / "shared" / "kuberay" / "ray.io_rayservices.yaml").read_text())
+KUBERAY_CRD = yaml.safe_load((ROOT / "devstack/tiered_devstack/data/kuberay/ray.io_rayservices.yaml").read_text())
 RESYNC = 1.0  # the operator fixture's resync interval
 
 

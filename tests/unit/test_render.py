@@ -25,7 +25,7 @@ from tiered_operator.core.render import (
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 GOLDEN = Path(__file__).parent / "golden"
-KUBERAY_CRD = ROOT.parent / "shared" / "kuberay" / "ray.io_rayservices.yaml"
+KUBERAY_CRD = ROOT / "devstack" / "tiered_devstack" / "data" / "kuberay" / "ray.io_rayservices.yaml"
 
 
 def _tiers() -> list[InferenceTier]:

@@ -2,7 +2,8 @@
 
 Owns: an in-memory object store served over HTTP on loopback, close enough to kube-apiserver that the real
 `kopf run` and the real `kubectl` work against it, plus the `tiered cluster` command that serves it (`cli`).
-Must not: import the operator's own modules (except the optional CRD validator), or leave loopback.
+Must not: import the operator's own modules (except its CRD generation and the optional CRD validator), read
+files outside this package (an installed copy has no checkout), or leave loopback.
 
 Modules, by concern: `kinds` (the `v1 Status` error, Kinds, CRD loading) · `patch` (merge, strategic, JSON
 patch) · `selectors` (label/field selectors, JSONPath) · `meta` (ObjectMeta validation) · `tables` (printer
@@ -60,6 +61,7 @@ from tiered_devstack.emulator.kinds import (
     Kind,
     Obj,
     Validator,
+    default_crds,
     kinds_from_crd,
     load_crds,
 )
@@ -72,7 +74,8 @@ from tiered_devstack.emulator.tables import human_age, table
 
 __all__ = [
     "BUILTIN_KINDS", "RAYSERVICE_FALLBACK_CRD", "ApiError", "Defaulter", "Emulator", "Kind", "Obj", "PatchError",
-    "Validator", "add_cluster_arguments", "cluster", "decode_protobuf", "default_admission", "human_age",
-    "json_patch", "jsonpath", "kinds_from_crd", "load_crds", "merge_patch", "metadata_errors", "parse_path",
-    "parse_selector", "selects", "strategic_merge_patch", "table", "unknown_fields", "write_kubeconfig",
+    "Validator", "add_cluster_arguments", "cluster", "decode_protobuf", "default_admission", "default_crds",
+    "human_age", "json_patch", "jsonpath", "kinds_from_crd", "load_crds", "merge_patch", "metadata_errors",
+    "parse_path", "parse_selector", "selects", "strategic_merge_patch", "table", "unknown_fields",
+    "write_kubeconfig",
 ]

@@ -11,16 +11,13 @@ import contextlib
 import signal
 import sys
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
 import kmock
 import yaml
 
+from tiered_devstack.emulator.kinds import default_crds
 from tiered_devstack.emulator.server import Emulator, default_admission
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_CRD_PATHS = (REPO_ROOT / "crds", REPO_ROOT.parent / "shared" / "kuberay" / "ray.io_rayservices.yaml")
 
 
 def write_kubeconfig(path: Path, url: str) -> None:
@@ -44,7 +41,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", type=Path,
                         help="kubeconfig to write (default: $TMPDIR/tiered-emulator-PORT.kubeconfig)")
     parser.add_argument("--crds", action="append", type=Path, metavar="PATH",
-                        help="CRD file or directory, repeatable (default: crds/ and KubeRay's RayService)")
+                        help="CRD file or directory, repeatable (default: the tiered CRDs and KubeRay's RayService)")
     parser.add_argument("--bookmark-interval", type=float, default=1.0, help="seconds between BOOKMARKs")
     parser.add_argument("--no-validation", action="store_true",
                         help="do not default, prune or validate custom resources against their CRD schema")
@@ -59,17 +56,18 @@ def cluster(args: argparse.Namespace) -> int:
     if missing:
         raise UsageError(f"no such CRD file or directory: {', '.join(missing)}")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args, args.crds or DEFAULT_CRD_PATHS))
+        asyncio.run(_serve(args))
     return 0
 
 
-async def _serve(args: argparse.Namespace, crd_paths: Iterable[Path]) -> None:
+async def _serve(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     validator, defaulter = (None, None) if args.no_validation else default_admission()
-    emulator = Emulator(crd_paths=crd_paths, validator=validator, defaulter=defaulter,
+    crds = [] if args.crds else default_crds()
+    emulator = Emulator(crds=crds, crd_paths=args.crds or (), validator=validator, defaulter=defaulter,
                         bookmark_interval=args.bookmark_interval)
     async with emulator, kmock.Server(emulator, host=args.host, port=args.port or None) as server:
         url = f"http://{f'[{args.host}]' if ':' in args.host else args.host}:{server.port}"

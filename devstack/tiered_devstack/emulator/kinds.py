@@ -1,6 +1,6 @@
 """Resource kinds the emulator serves: the `v1 Status` error, built-in kinds, Kinds from CRDs, CRD files.
 
-Pure: no HTTP, no store; `load_crds` only reads files.
+Pure: no HTTP, no store; `load_crds` and `default_crds` only read files (the package's own data).
 """
 
 from __future__ import annotations
@@ -122,6 +122,18 @@ def load_crds(paths: Iterable[str | os.PathLike[str]]) -> list[Obj]:
     return crds
 
 
+def default_crds() -> list[Obj]:
+    """What `tiered cluster` serves unless told otherwise: the tiered CRDs generated in-process from the
+    operator's models (`crds/` is generated from the same functions, so there is one source) and KubeRay's
+    RayService CRD, vendored as package data. Nothing is read from a checkout."""
+    from tiered_operator.api.crds import inference_tier_crd, routing_policy_crd
+
+    from tiered_devstack.data import KUBERAY_CRD
+
+    return [inference_tier_crd(), routing_policy_crd(), *load_crds([KUBERAY_CRD])]
+
+
+# Declared when no RayService CRD is given (in-process emulators in tests skip parsing KubeRay's 1 MB file).
 RAYSERVICE_FALLBACK_CRD: Obj = {
     "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
     "metadata": {"name": "rayservices.ray.io"},

@@ -26,6 +26,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Top-level modules that come with an extra rather than with `pip install tiered`: module → extra.
+EXTRA_MODULES = {"tiered_devstack": "devstack", "kmock": "devstack"}
+
+
 class UsageError(Exception):
     """A problem with the user's input: printed as one line, exit code 2."""
 
@@ -47,7 +51,15 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((arg for arg in argv if not arg.startswith("-")), None)
-    args = build_parser(command).parse_args(argv)
+    try:
+        parser = build_parser(command)
+    except ModuleNotFoundError as error:
+        extra = EXTRA_MODULES.get((error.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"tiered {command}: needs the {extra} extra: pip install 'tiered[{extra}]'", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         return int(args._handler(args) or 0)
     except UsageError as error:
