@@ -33,6 +33,8 @@ WORKERS = int(os.environ.get("TIERED_WORKERS", "8"))
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.enabled = False  # the controller posts its own Events (kopf's poster is per object)
+    # kopf logs every event handled at INFO: at hundreds of objects that is most of the operator's CPU.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.batching.batch_window = 0.01  # hand each event over almost at once; the queue merges bursts
