@@ -7,7 +7,7 @@ STAMPS := .stamps
 VPY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help setup test lint crds bench demo clean
+.PHONY: help setup test lint crds chart-crds bench demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -38,8 +38,12 @@ lint: setup ## ruff, mypy (strict on pure modules), import-linter
 	$(VENV)/bin/mypy operator/tiered_operator router/tiered_router devstack/tiered_devstack
 	$(VENV)/bin/lint-imports
 
-crds: setup ## regenerate crds/ from the pydantic models
+crds: setup ## regenerate crds/ from the pydantic models (and the chart's copy)
 	$(VPY) -m tiered_operator.api.crds crds
+	$(MAKE) --no-print-directory chart-crds
+
+chart-crds: ## copy crds/ into charts/tiered/crds/ (a test fails when they differ)
+	cp crds/tiered.dev_*.yaml charts/tiered/crds/
 
 bench: setup ## print performance numbers
 	$(VPY) bench/reconcile.py

@@ -85,6 +85,12 @@ BUILTIN_KINDS = (
     _builtin("apps/v1", "deployments", "Deployment", short="deploy", status=True, scale=True,
              all_category=True),
     _builtin("coordination.k8s.io/v1", "leases", "Lease"),
+    # What the Helm chart installs besides Deployments and ServiceAccounts (stored, not enforced).
+    _builtin("rbac.authorization.k8s.io/v1", "clusterroles", "ClusterRole", namespaced=False),
+    _builtin("rbac.authorization.k8s.io/v1", "clusterrolebindings", "ClusterRoleBinding", namespaced=False),
+    _builtin("rbac.authorization.k8s.io/v1", "roles", "Role"),
+    _builtin("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding"),
+    _builtin("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy", short="netpol"),
     _builtin("apiextensions.k8s.io/v1", "customresourcedefinitions", "CustomResourceDefinition",
              namespaced=False, short="crd crds", status=True),
 )
