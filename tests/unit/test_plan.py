@@ -75,3 +75,16 @@ def test_cpu_tier_plans_cores_not_gpus() -> None:
     assert plan.cpus_per_replica == 2
     assert plan.worker_gpus(4) == 0
     assert plan.replica_gib < 2
+
+
+def test_cpu_tiers_fit_one_large_cpu_node() -> None:
+    plan = plan_capacity(spec("405B", 4, "gguf", "CPU", engine="llama-cpp"))
+    assert plan.replica_gib == pytest.approx(237.41)  # a 4-bit 405B fits one 512 GiB node
+    with pytest.raises(PlanError) as error:
+        plan_capacity(spec("405B", 8, "gguf", "CPU", engine="llama-cpp", max_len=131072))
+    assert str(error.value) == (
+        "405B at 8 bits needs ~872 GiB per replica (weights 377, KV cache 455 at maxModelLen 131072, runtime 39); "
+        "a CPU replica runs in one pod on one node, at most 480 GiB; lower maxModelLen, use a smaller model, "
+        "or run it on GPUs")
+    with pytest.raises(PlanError, match=r"needs ~860 GiB per replica .* quantize to 4 bits \(~237 GiB\)"):
+        plan_capacity(spec("405B", 16, "gguf", "CPU", engine="llama-cpp"))

@@ -49,8 +49,8 @@ LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
 
 # What the children derive from an object's name, which the API server must refuse up front (CEL on
 # `self.metadata.name` at the CRD's root). KubeRay refuses a RayService name over 47 characters or not a
-# DNS-1035 label (its RayCluster is `<name>-raycluster-xxxxx`, its Service `<name>-serve-svc`, both within
-# 63); the tier's name is also the `tiered.dev/tier` label value (≤ 63). A policy's router objects are
+# DNS-1035 label (its RayCluster is `<name>-xxxxx`, at most 53 so that the cluster's `-serve-svc` Service
+# stays within 63); the tier's name is also the `tiered.dev/tier` label value (≤ 63). A policy's router objects are
 # `tiered-router-<name>` (a Service name: DNS-1035, ≤ 63) and labelled `tiered.dev/policy: <name>`.
 TIER_NAME_MAX = 47
 POLICY_NAME_MAX = 63 - len("tiered-router-")
@@ -79,7 +79,7 @@ def name_rules(max_length: int, pattern: str, why: str, syntax: str) -> list[dic
 TIER_NAME_RULES = name_rules(
     TIER_NAME_MAX,
     DNS1035_LABEL,
-    "KubeRay names the RayCluster of the tier <name>-raycluster-xxxxx and its Service <name>-serve-svc",
+    "KubeRay names the RayCluster of the tier <name>-xxxxx and its Service <name>-serve-svc",
     "a DNS-1035 label (lower-case letters, digits and '-', starting with a letter)",
 )
 POLICY_NAME_RULES = name_rules(
@@ -124,6 +124,7 @@ class ModelSpec(Spec):
         min_length=1, max_length=128, description="Model name clients use (OpenAI `model` field upstream)."
     )
     source: str = Field(
+        max_length=2048,
         pattern=r"^(hf|s3|gs|pvc|file)://.+",
         description="Where the weights come from: hf://org/repo, s3://bucket/path, gs://…, pvc://claim/path.",
     )
@@ -300,8 +301,12 @@ class InferenceTierSpec(Spec):
     max_ongoing_requests: int = Field(
         default=64, ge=1, le=4096, description="Concurrent requests one replica accepts."
     )
-    ray_version: str = Field(default="2.60.0", pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$", description="Ray version.")
-    image: str | None = Field(default=None, description="Container image; defaults follow engine and Ray.")
+    ray_version: str = Field(
+        default="2.60.0", max_length=32, pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$", description="Ray version."
+    )
+    image: str | None = Field(
+        default=None, max_length=512, description="Container image; defaults follow engine and Ray."
+    )
     node_selector: dict[str, LabelValue] = Field(
         default_factory=dict,
         max_length=32,
@@ -336,8 +341,8 @@ TIER_NAMES = "self.tiers.map(t, t.name)"
 class ExternalEndpoint(Spec):
     """A tier served by an external OpenAI- or Anthropic-compatible API."""
 
-    base_url: str = Field(alias="baseURL", pattern=r"^https?://.+", description="API base URL.")
-    model: str = Field(min_length=1, description="Model name sent upstream.")
+    base_url: str = Field(alias="baseURL", max_length=2048, pattern=r"^https?://.+", description="API base URL.")
+    model: str = Field(min_length=1, max_length=256, description="Model name sent upstream.")
     provider: Literal["openai", "anthropic"] = Field(default="openai", description="API dialect.")
     api_key_secret_ref: SecretKeyRef | None = Field(default=None, description="Secret holding the API key.")
 
@@ -379,7 +384,7 @@ class PolicyTier(Spec):
 class SimilarTo(Spec):
     """Match prompts semantically close to examples."""
 
-    examples: list[str] = Field(min_length=1, max_length=256)
+    examples: list[Annotated[str, Field(max_length=4096)]] = Field(min_length=1, max_length=256)
     threshold: float = Field(default=0.8, ge=0, le=1, description="Cosine similarity to match.")
 
 
@@ -396,10 +401,12 @@ class RuleMatch(Spec):
         )
     )
 
-    task_types: list[str] = Field(default_factory=list, max_length=64, description="x-tiered-task values.")
+    task_types: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list, max_length=64, description="x-tiered-task values."
+    )
     min_prompt_tokens: int | None = Field(default=None, ge=0)
     max_prompt_tokens: int | None = Field(default=None, ge=0)
-    keywords: list[str] = Field(default_factory=list, max_length=256)
+    keywords: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list, max_length=256)
     regex: str | None = Field(default=None, max_length=1024)
     similar_to: SimilarTo | None = None
 
@@ -444,8 +451,10 @@ class Burst(Spec):
 class Privacy(Spec):
     """Traffic that must never leave the cluster."""
 
-    private_teams: list[str] = Field(default_factory=list, max_length=256)
-    private_header: str = Field(default="x-tiered-private", description="Header marking a request private.")
+    private_teams: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list, max_length=256)
+    private_header: str = Field(
+        default="x-tiered-private", max_length=128, description="Header marking a request private."
+    )
 
 
 class ExactCache(Spec):
@@ -462,7 +471,7 @@ class Cache(Spec):
 
 
 class Budget(Spec):
-    team: str = Field(min_length=1)
+    team: str = Field(min_length=1, max_length=128)
     monthly_usd: float = Field(ge=0, alias="monthlyUSD")
     on_exceed: Literal["downgrade", "reject"] = "downgrade"
 

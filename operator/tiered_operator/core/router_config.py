@@ -26,6 +26,7 @@ from tiered_operator.core.plan import PlanError, plan_capacity
 from tiered_operator.core.render import MANAGED_BY, endpoint
 
 CONFIG_KEY = "router.yaml"
+REJECTED = "the router would reject this policy"
 
 
 class RouterConfigRejected(ValueError):
@@ -109,7 +110,7 @@ def router_config(
     try:
         return _router_config(policy, tiers, bursting=bursting)
     except ValidationError as error:
-        raise RouterConfigRejected(f"the router would reject this policy: {_one_line(error)}") from None
+        raise RouterConfigRejected(f"{REJECTED}: {_one_line(error)}") from None
 
 
 def _router_config(
@@ -123,13 +124,13 @@ def _router_config(
             notes.append(f"rules[{index}]: similarTo is not served by the router yet; rule left out")
             continue
         match = rule.match
-        rules.append(Rule(
-            name=f"rule-{index}",
-            match=Match(task_types=list(match.task_types), min_prompt_tokens=match.min_prompt_tokens,
-                        max_prompt_tokens=match.max_prompt_tokens, keywords=list(match.keywords),
-                        regex=match.regex),
-            tier=rule.tier,
-        ))
+        try:
+            routed = Match(task_types=list(match.task_types), min_prompt_tokens=match.min_prompt_tokens,
+                           max_prompt_tokens=match.max_prompt_tokens, keywords=list(match.keywords),
+                           regex=match.regex)
+        except ValidationError as error:
+            raise RouterConfigRejected(f"{REJECTED}: rules[{index}].match: {_one_line(error)}") from None
+        rules.append(Rule(name=f"rule-{index}", match=routed, tier=rule.tier))
     for feature in ("escalation", "cache"):
         if getattr(spec, feature) is not None:
             notes.append(f"{feature} is not served by the router yet")
