@@ -328,6 +328,8 @@ def main() -> int:
             "0",
             "--log-level",
             "WARNING",
+            "--drain-seconds",
+            "0",
         ]
         with ours(router_args, tmp / "router.log", PROXY_CORE) as (pid, url):
             path, headers = "/v1/chat/completions", {"x-tiered-team": "bench"}

@@ -6,6 +6,8 @@ Every process is started on an ephemeral 127.0.0.1 port and stopped by the fixtu
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -57,11 +59,23 @@ def free_port_url() -> str:
 
 
 class Router:
-    """A running router (`python -m tiered_router.server`) whose config file the test can rewrite."""
+    """A running router (`python -m tiered_router.server`) whose config file the test can rewrite.
 
-    def __init__(self, config: dict[str, Any], tmp: Path) -> None:
-        self.config_path = tmp / "router.yaml"
-        self.config_path.write_text(yaml.safe_dump(config))
+    `config_path` is where it reads its config (default `tmp/router.yaml`, written here; a test that
+    prepares the file itself, e.g. a `ConfigMapVolume`, passes its path and `config=None`). No drain period
+    unless a test asks for one in `args` (`--drain-seconds`), so stopping it is quick.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any] | None,
+        tmp: Path,
+        args: tuple[str, ...] = (),
+        config_path: Path | None = None,
+    ) -> None:
+        self.config_path = config_path or tmp / "router.yaml"
+        if config is not None:
+            self.config_path.write_text(yaml.safe_dump(config))
         self.process, self.url = fake_upstream.spawn(
             [
                 "-m",
@@ -72,6 +86,9 @@ class Router:
                 "0",
                 "--reload-interval",
                 "0.1",
+                "--drain-seconds",
+                "0",
+                *args,
             ],
             tmp / "router.log",
         )
@@ -115,6 +132,40 @@ class Router:
         fake_upstream.stop(self.process)
 
 
+class ConfigMapVolume:
+    """A directory laid out and updated the way kubelet keeps a mounted ConfigMap volume.
+
+    `config.yaml -> ..data/config.yaml`, `..data -> ..<timestamp>/`; an update writes a new timestamped
+    directory, points a new `..data_tmp` link at it, renames that over `..data` (the one atomic step) and
+    removes the old directory (kubelet's AtomicWriter).
+    """
+
+    def __init__(self, root: Path, files: dict[str, str]) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.versions = 0
+        self.update(files)
+        for name in files:
+            (root / name).symlink_to(Path("..data") / name)
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def update(self, files: dict[str, str]) -> None:
+        self.versions += 1
+        data = self.root / "..data"
+        old = Path(os.readlink(data)) if data.is_symlink() else None
+        stamp = self.root / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{self.versions:06d}"
+        stamp.mkdir()
+        for name, text in files.items():
+            (stamp / name).write_text(text)
+        link = self.root / "..data_tmp"
+        link.symlink_to(stamp.name)
+        link.replace(data)
+        if old is not None:
+            shutil.rmtree(self.root / old)
+
+
 @contextlib.contextmanager
 def fakes(tmp: Path, *names: str) -> Iterator[dict[str, FakeUpstream]]:
     started: dict[str, FakeUpstream] = {}
@@ -128,8 +179,10 @@ def fakes(tmp: Path, *names: str) -> Iterator[dict[str, FakeUpstream]]:
 
 
 @contextlib.contextmanager
-def router(config: dict[str, Any], tmp: Path) -> Iterator[Router]:
-    process = Router(config, tmp)
+def router(
+    config: dict[str, Any] | None, tmp: Path, args: tuple[str, ...] = (), config_path: Path | None = None
+) -> Iterator[Router]:
+    process = Router(config, tmp, args, config_path)
     try:
         yield process
     finally:

@@ -42,6 +42,22 @@ def error_response(
     return web.Response(body=json.dumps(body).encode(), status=status, content_type="application/json", headers=headers)
 
 
+def sse_error(message: str, kind: str, code: str) -> bytes:
+    """An OpenAI-shaped error as one SSE data event: how a stream that cannot finish ends (the SDK raises it)."""
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def _uncancel() -> None:
+    """Consume the shutdown cut's cancellation so the handler can still write its error reply."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+SHUTTING_DOWN = "the router is shutting down and its deadline for requests in flight passed; retry"
+
+
 class Reject(Exception):
     """Stop handling a request and answer with an OpenAI-shaped error; `code` is also the metrics reason."""
 
@@ -141,6 +157,24 @@ class Handlers:
         call.started = time.perf_counter()
         state = self.state
         snap = state.snapshot  # read once: a reload never changes the config under this request
+        task = asyncio.current_task()
+        assert task is not None  # aiohttp runs every handler in a task of its own
+        requests = state.lifecycle.requests
+        requests.add(task)
+        try:
+            return await self._answer(request, call, snap)
+        except asyncio.CancelledError:
+            if not state.lifecycle.cut:
+                raise
+            # Cut at the shutdown deadline before the reply started (a started stream ends in `_stream`).
+            _uncancel()
+            state.metrics.requests.labels("none", call.team, call.feature, "shutting_down", "503").inc()
+            return error_response(503, SHUTTING_DOWN, "service_unavailable", "shutting_down", {"Retry-After": "1"})
+        finally:
+            requests.discard(task)
+
+    async def _answer(self, request: web.Request, call: Call, snap: Snapshot) -> web.StreamResponse:
+        state = self.state
         try:
             private, task, model = await self._read(request, snap, call)
             features = RequestFeatures(model, estimate_tokens(len(call.text)), task, call.text, private)
@@ -173,7 +207,10 @@ class Handlers:
                 ) from None
         except Reject as reject:
             state.metrics.requests.labels(reject.tier, call.team, call.feature, reject.code, str(reject.status)).inc()
-            return error_response(reject.status, reject.message, reject.kind, reject.code, reject.headers)
+            reply = error_response(reject.status, reject.message, reject.kind, reject.code, reject.headers)
+            if state.lifecycle.draining:
+                reply.force_close()
+            return reply
         call.reason = decision.reason
         try:
             return await self._relay(request, response, snap, call, tier)
@@ -261,6 +298,8 @@ class Handlers:
             metrics.answered(tier, call.team, call.feature, call.reason, str(status))
         reply = web.Response(body=data, status=status, headers=headers)
         reply.content_type = content_type.split(";")[0]
+        if self.state.lifecycle.draining:
+            reply.force_close()  # `Connection: close`: the client reconnects, through the Service, elsewhere
         metrics.overhead.observe(call.sent - call.started + time.perf_counter() - finished)
         return reply
 
@@ -278,6 +317,8 @@ class Handlers:
         reply = web.StreamResponse(
             headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
+        if self.state.lifecycle.draining:
+            reply.force_close()
         await reply.prepare(request)
         tail = b""
         events = 0
@@ -298,16 +339,16 @@ class Handlers:
         except forward.UPSTREAM_ERRORS as error:
             # Too late to retry: tell the client in the stream (the openai SDK raises on an error event).
             status = "502"
-            message = {
-                "error": {
-                    "message": f"upstream {tier!r} failed mid-stream: {error!r}",
-                    "type": "upstream_error",
-                    "param": None,
-                    "code": "upstream_stream",
-                }
-            }
+            message = f"upstream {tier!r} failed mid-stream: {error!r}"
             with contextlib.suppress(ConnectionError, RuntimeError):  # the client may be gone too
-                await reply.write(b"data: " + json.dumps(message).encode() + b"\n\n")
+                await reply.write(sse_error(message, "upstream_error", "upstream_stream"))
+        except asyncio.CancelledError:
+            if not self.state.lifecycle.cut:
+                raise
+            _uncancel()
+            status = "503"
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await reply.write(sse_error(SHUTTING_DOWN, "service_unavailable", "shutting_down"))
         usage = cost.usage_from_sse(tail)
         if usage is None:  # one streamed event is about one token; drop the role and [DONE] events
             usage = cost.Usage(estimate_tokens(len(call.text)), max(0, events - 2), estimated=True)
@@ -358,10 +399,11 @@ class Handlers:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        now = time.monotonic()
-        tiers = list(self.state.snapshot.targets)
-        if all(self.state.breakers.open_until.get(t, 0.0) > now for t in tiers):
-            return web.json_response({"status": "unavailable", "reason": "every tier's breaker is open"}, status=503)
+        # Ready = a config is loaded (the server listens only after that) and no drain has begun. Upstream
+        # health stays out of it: with every breaker open, all replicas would leave the Service at once and
+        # callers would get refused connections instead of a 503 with Retry-After.
+        if self.state.lifecycle.draining:
+            return web.json_response({"status": "draining"}, status=503)
         return web.json_response({"status": "ready"})
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -385,7 +427,8 @@ def _estimate_json(text: str, data: bytes) -> cost.Usage:
     return cost.Usage(estimate_tokens(len(text)), estimate_tokens(out), estimated=True)
 
 
-def build_app(state: RouterState) -> web.Application:
+def build_app(state: RouterState, serve_metrics: bool = True) -> web.Application:
+    """The router's API; `/metrics` too unless it has its own listener (`build_metrics_app`)."""
     # The client may send more than maxBodyBytes (checked per request, reloadable); this is a hard cap.
     app = web.Application(client_max_size=64 << 20)
     handlers = Handlers(state)
@@ -395,7 +438,8 @@ def build_app(state: RouterState) -> web.Application:
     app.router.add_get("/v1/tiered/costs", handlers.costs)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
-    app.router.add_get("/metrics", handlers.metrics)
+    if serve_metrics:
+        app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/openapi.json", handlers.openapi)
 
     async def lifespan(app: web.Application) -> Any:
@@ -405,4 +449,13 @@ def build_app(state: RouterState) -> web.Application:
         await state.upstream.transport.aclose()
 
     app.cleanup_ctx.append(lifespan)
+    return app
+
+
+def build_metrics_app(state: RouterState) -> web.Application:
+    """`/metrics` (and `/healthz`) alone, for `--metrics-port`: scrapes stay off the API port."""
+    app = web.Application()
+    handlers = Handlers(state)
+    app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_get("/healthz", handlers.healthz)
     return app

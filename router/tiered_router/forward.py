@@ -167,6 +167,9 @@ class Upstream:
                 self.metrics.upstream_errors.labels(tier, last).inc()
                 previous = tier
                 continue
+            except asyncio.CancelledError:  # cut at the shutdown deadline: give the slot back
+                self.flight.leave(tier)
+                raise
             status = response.status_code
             if status < 500 and status != 429:
                 self.breakers.success(tier)

@@ -69,18 +69,49 @@ def build_snapshot(config: RouterConfig) -> Snapshot:
     )
 
 
-def _file_signature(path: str | None) -> tuple[int, int, int] | None:
+FileSignature = tuple[str, int, int, int]
+
+
+def file_signature(path: str | None) -> FileSignature | None:
+    """What identifies one version of a file: where its symlinks lead, inode, mtime and size.
+
+    A ConfigMap volume is `config.yaml -> ..data/config.yaml` with `..data -> ..<timestamp>/`; kubelet
+    updates it by writing a new timestamped directory and renaming a new `..data` link over the old one.
+    Following the links (the resolved path names the timestamped directory) sees that swap even when the
+    new file's inode, size and mtime happen to equal the old one's; the stat sees in-place writes.
+    """
     if not path:
         return None
     try:
-        st = os.stat(path)  # follows symlinks: a ConfigMap update swaps the `..data` link
+        st = os.stat(path)
+        return (os.path.realpath(path), st.st_ino, st.st_mtime_ns, st.st_size)
     except OSError:
         return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class Lifecycle:
+    """Where the process is in its life: serving → draining (readiness 503, still serving) → cut.
+
+    On SIGTERM `tiered_router.server` starts the drain, later stops accepting, and at the shutdown deadline
+    cuts what is still running: every completion handler registers its task in `requests`, and a cut task
+    answers with an OpenAI-shaped error (an SSE error event if its stream has started) instead of vanishing.
+    """
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.cut = False
+        self.requests: set[asyncio.Task[Any]] = set()
+
+    def cut_requests(self) -> int:
+        """Cancel every request still being handled (their handlers turn that into an error reply)."""
+        self.cut = True
+        for task in self.requests:
+            task.cancel("the router's shutdown deadline passed")
+        return len(self.requests)
 
 
 class RouterState:
-    """Control data: the current snapshot, breakers, in-flight counts, metrics and the cost ledger."""
+    """Control data: the current snapshot, breakers, in-flight counts, lifecycle, metrics and the cost ledger."""
 
     def __init__(
         self,
@@ -90,9 +121,12 @@ class RouterState:
     ) -> None:
         self.config_path = config_path
         self.reload_interval = reload_interval
+        config_signature = file_signature(config_path)  # before reading: a change while reading is seen later
         config = load_config(config_path)
+        keys_signature = file_signature(config.api_keys_file)
         self.snapshot = build_snapshot(config)
-        self._signatures = self._current_signatures()
+        self._signatures = (config_signature, keys_signature)
+        self.lifecycle = Lifecycle()
         self.metrics = RouterMetrics()
         self.breakers = Breakers()
         self.flight = forward.InFlight()
@@ -113,8 +147,8 @@ class RouterState:
             for tier in self.snapshot.targets
         ]
 
-    def _current_signatures(self) -> tuple[Any, Any]:
-        return _file_signature(self.config_path), _file_signature(self.snapshot.config.api_keys_file)
+    def _current_signatures(self) -> tuple[FileSignature | None, FileSignature | None]:
+        return file_signature(self.config_path), file_signature(self.snapshot.config.api_keys_file)
 
     def _announce(self) -> None:
         config = self.snapshot.config
@@ -135,15 +169,18 @@ class RouterState:
         signatures = self._current_signatures()
         if signatures == self._signatures:
             return False
-        self._signatures = signatures
+        self._signatures = signatures  # a bad file is reported once, not on every check
         try:
-            snapshot = build_snapshot(load_config(self.config_path))
+            config = load_config(self.config_path)
+            keys_signature = file_signature(config.api_keys_file)
+            snapshot = build_snapshot(config)
         except ValueError as error:
             self.metrics.reload_errors.inc()
             log.error("config reload rejected, keeping the last good config: %s", error)
             return False
         self.snapshot = snapshot  # the atomic swap: requests in flight keep the snapshot they read
-        self._signatures = self._current_signatures()
+        # Signatures taken before the files were read: a swap during the read shows as a change next time.
+        self._signatures = (signatures[0], keys_signature)
         self.metrics.reloads.inc()
         self._announce()
         return True

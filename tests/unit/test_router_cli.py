@@ -20,3 +20,13 @@ def test_invalid_config_exits_2_with_the_reason(tmp_path: Path, capsys: pytest.C
     config.write_text("tiers: []\ndefault: x\n")
     assert main(["router", "--config", str(config)]) == 2
     assert "invalid config" in capsys.readouterr().err
+
+
+def test_pod_flags_and_their_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = build_parser("router").parse_args(["router", "--config", "c.yaml"])
+    assert (args.host, args.drain_seconds, args.shutdown_timeout, args.metrics_port) == ("127.0.0.1", 5.0, 25.0, None)
+    monkeypatch.setenv(server.HOST_ENV, "0.0.0.0")
+    args = build_parser("router").parse_args(["router", "--config", "c.yaml", "--metrics-port", "9090"])
+    assert (args.host, args.metrics_port) == ("0.0.0.0", 9090)
+    flag_wins = build_parser("router").parse_args(["router", "--config", "c.yaml", "--host", "127.0.0.2"])
+    assert flag_wins.host == "127.0.0.2"
