@@ -1,0 +1,27 @@
+# syntax=docker/dockerfile:1.7
+# The tiered operator: `tiered operator` (kopf). Build from the repository root:
+#   docker build -f images/operator.Dockerfile -t ghcr.io/tiered-dev/tiered-operator:0.1.0 .
+# Only the product is copied (operator/, router/, serving/): never devstack/ or tests/, never the dev extras.
+# Pin the base by digest in CI (e.g. python:3.11.14-slim-bookworm@sha256:...); the tag is pinned here.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator/ operator/
+COPY router/ router/
+COPY serving/ serving/
+# The runtime dependencies of pyproject.toml and nothing else (tests/unit/test_images.py checks this line).
+RUN python -m venv /opt/tiered && /opt/tiered/bin/pip install --no-cache-dir .
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="tiered-operator" \
+      org.opencontainers.image.source="https://github.com/tiered-dev/tiered"
+COPY --from=build /opt/tiered /opt/tiered
+ENV PATH=/opt/tiered/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+# The chart's runAsUser; no home or shell state needed (read-only root filesystem, /tmp is an emptyDir).
+USER 65532:65532
+EXPOSE 8080
+ENTRYPOINT ["tiered"]
+CMD ["operator", "--liveness", "http://0.0.0.0:8080/healthz"]
