@@ -4,6 +4,8 @@
 breakers, the in-flight counts, the metrics registry, the cost ledger and the upstream pool, and it
 watches the config and API key files for changes. A reload builds a new snapshot and swaps it in with one
 assignment; the request path (`tiered_router.app`) only reads `state.snapshot`, once per request.
+`Lifecycle` is where the process stands in a shutdown (serving, draining, cut), which readiness and the
+handlers read and `tiered_router.server` advances.
 
 Must not: import the HTTP server (`tiered_router.app`, aiohttp's `web`) or look at a request.
 """
