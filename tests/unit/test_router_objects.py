@@ -103,7 +103,9 @@ def test_the_deployment_runs_the_router_on_the_mounted_config() -> None:
     pod = objects["Deployment"]["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["args"] == ["router", "--config", "/etc/tiered/router/router.yaml", "--host", "0.0.0.0",
-                                 "--port", "8080"]
+                                 "--port", "8080", "--drain-seconds", "5", "--shutdown-timeout", "25"]
+    assert container["image"] == "ghcr.io/tiered-dev/tiered-router:0.1.0"
+    assert pod["terminationGracePeriodSeconds"] > 25
     config_mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
     assert config_mount["mountPath"] == "/etc/tiered/router" and "subPath" not in config_mount
     assert {"name": "config", "configMap": {"name": "tiered-router-default"}} in pod["volumes"]
@@ -182,6 +184,14 @@ def test_api_keys_are_passed_by_reference_never_copied() -> None:
     assert "frontier-api" not in objects["ConfigMap"]["data"][CONFIG_KEY]
     assert "secretKeyRef" in text and "stringData" not in text
     assert all(kind != "Secret" for kind in objects)
+
+
+def test_the_default_image_comes_from_the_caller() -> None:
+    policy = _policy(_example_raw())
+    config, _ = router_config(policy, _tiers(), bursting=False)
+    objects = _by_kind(render_router_objects(policy, config, default_image="registry.example/router:9.9.9"))
+    assert objects["Deployment"]["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "registry.example/router:9.9.9")
 
 
 def test_a_long_policy_name_still_fits_a_service_name() -> None:

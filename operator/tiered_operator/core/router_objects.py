@@ -36,6 +36,10 @@ CONFIG_DIR = "/etc/tiered/router"
 KEYS_DIR = "/etc/tiered/keys"
 KEYS_FILE_KEY = "keys.yaml"
 RUN_AS_USER = 65532  # the images' non-root user
+DEFAULT_ROUTER_IMAGE = f"{ROUTER_IMAGE}:{ROUTER_VERSION}"
+GRACE_SECONDS = 30
+DRAIN_SECONDS = 5  # > readiness period × failures + endpoint propagation: no new connections get refused
+SHUTDOWN_SECONDS = 25  # in-flight requests finish before the kubelet's SIGKILL at GRACE_SECONDS
 DEFAULT_REQUESTS = {"cpu": "250m", "memory": "256Mi"}
 DEFAULT_LIMITS = {"memory": "512Mi"}
 HTTPROUTE_API_VERSION = "gateway.networking.k8s.io/v1"
@@ -148,16 +152,19 @@ def _container_security() -> dict[str, Any]:
     }
 
 
-def render_deployment(policy: RoutingPolicy, config: RouterConfig, configmap_name: str) -> dict[str, Any]:
+def render_deployment(
+    policy: RoutingPolicy, config: RouterConfig, configmap_name: str, default_image: str = DEFAULT_ROUTER_IMAGE
+) -> dict[str, Any]:
     """The router Deployment; its pod template depends on the policy's `router:` and Secret refs only."""
     router = policy.spec.router
     name = router_name(policy)
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 3}
     container: dict[str, Any] = {
         "name": "router",
-        "image": router.image or f"{ROUTER_IMAGE}:{ROUTER_VERSION}",
+        "image": router.image or default_image,
         "args": ["router", "--config", f"{CONFIG_DIR}/{CONFIG_KEY}", "--host", "0.0.0.0",
-                 "--port", str(ROUTER_PORT)],
+                 "--port", str(ROUTER_PORT), "--drain-seconds", str(DRAIN_SECONDS),
+                 "--shutdown-timeout", str(SHUTDOWN_SECONDS)],
         "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
     }
     if env := _api_key_env(policy, config):
@@ -200,7 +207,7 @@ def render_deployment(policy: RoutingPolicy, config: RouterConfig, configmap_nam
                     "serviceAccountName": name,
                     # The router never talks to the Kubernetes API.
                     "automountServiceAccountToken": False,
-                    "terminationGracePeriodSeconds": 30,
+                    "terminationGracePeriodSeconds": GRACE_SECONDS,
                     "securityContext": {
                         "runAsNonRoot": True,
                         "runAsUser": RUN_AS_USER,
@@ -260,14 +267,19 @@ def render_httproute(policy: RoutingPolicy) -> dict[str, Any] | None:
     }
 
 
-def render_router_objects(policy: RoutingPolicy, config: RouterConfig) -> list[RenderedObject]:
-    """Everything that runs `policy`'s router, in apply order (the ConfigMap before the pods that mount it)."""
+def render_router_objects(
+    policy: RoutingPolicy, config: RouterConfig, *, default_image: str = DEFAULT_ROUTER_IMAGE
+) -> list[RenderedObject]:
+    """Everything that runs `policy`'s router, in apply order (the ConfigMap before the pods that mount it).
+
+    `default_image`: the router image for policies that name none (the chart passes TIERED_ROUTER_IMAGE).
+    """
     if policy.spec.router.api_keys_secret_ref:
         config = config.model_copy(update={"api_keys_file": f"{KEYS_DIR}/{KEYS_FILE_KEY}"})
     configmap = render_router_configmap(policy, config)
     name = router_name(policy)
     configmap["metadata"] = _metadata(policy, name)  # its labels are a superset of the ConfigMap's own
-    bodies = [render_service_account(policy), configmap, render_deployment(policy, config, name),
+    bodies = [render_service_account(policy), configmap, render_deployment(policy, config, name, default_image),
               render_service(policy)]
     if (route := render_httproute(policy)) is not None:
         bodies.append(route)
