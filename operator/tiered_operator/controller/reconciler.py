@@ -40,10 +40,12 @@ from tiered_operator.core.reconcile import (
     desired_tier,
     failed_status,
     parse_policy,
+    parse_tiers,
     policy_status,
     status_events,
     tier_status,
 )
+from tiered_operator.core.router_config import RouterConfigRejected, router_config
 from tiered_operator.core.scaling import ScalingState
 
 log = logging.getLogger("tiered.operator")
@@ -307,9 +309,15 @@ class Controller:
         except TierInvalid as error:
             await self._give_up(body, existing, error.reason, str(error))
             return
-        tiers = {tier["metadata"]["name"]: parse_status(TierStatus, tier.get("status"))
-                 for tier in self.of_kind(TIERS, meta["namespace"])}
+        bodies = self.of_kind(TIERS, meta["namespace"])
         burst = self.bursts.get((meta["namespace"], meta["name"]))
+        bursting = burst[0].active if burst else bool(((body.get("status") or {}).get("burst") or {}).get("active"))
+        try:
+            router_config(policy, parse_tiers(bodies), bursting=bursting)
+        except RouterConfigRejected as error:
+            await self._give_up(body, existing, c.ROUTER_REJECTED, str(error))
+            return
+        tiers = {tier["metadata"]["name"]: parse_status(TierStatus, tier.get("status")) for tier in bodies}
         status = policy_status(policy, tiers, existing, burst[1] if burst else None, self._now())
         await self.write_status(POLICIES, body, status)
 

@@ -9,7 +9,7 @@ Nothing here writes; `controller.reconciler` applies the answers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -296,6 +296,19 @@ def parse_policy(body: Mapping[str, Any]) -> RoutingPolicy:
         raise TierInvalid(c.INVALID_SPEC, "; ".join(error.problems)) from None
     assert isinstance(policy, RoutingPolicy)
     return policy
+
+
+def parse_tiers(bodies: Iterable[Mapping[str, Any]]) -> dict[str, InferenceTier]:
+    """The valid tiers among `bodies`, by name (an invalid tier reports itself)."""
+    tiers = {}
+    for body in bodies:
+        try:
+            tier = parse_spec(body)
+        except InvalidObject:
+            continue
+        if isinstance(tier, InferenceTier):
+            tiers[tier.metadata.name] = tier
+    return tiers
 
 
 def policy_status(
