@@ -19,12 +19,10 @@ MERGE_PATCH = "application/merge-patch+json"
 
 
 class Kube:
-    """Create, patch and read namespaced custom objects."""
+    """Create and merge-patch namespaced objects of any kind (custom or built in), post Events."""
 
     def __init__(self, api: client.ApiClient):
         self._api = api
-        self._custom = client.CustomObjectsApi(api)
-        self._core = client.CoreV1Api(api)
 
     @classmethod
     async def connect(cls) -> Kube:
@@ -41,18 +39,21 @@ class Kube:
     async def close(self) -> None:
         await self._api.close()
 
-    @staticmethod
-    def _coordinates(obj: Mapping[str, Any]) -> tuple[str, str]:
-        group, _, version = str(obj["apiVersion"]).partition("/")
-        return group, version
+    async def _call(self, method: str, api_version: str, namespace: str, plural: str, name: str = "",
+                    body: Mapping[str, Any] | None = None, content_type: str = "application/json") -> Any:
+        group, _, version = api_version.rpartition("/")
+        root = f"/apis/{group}/{version}" if group else f"/api/{version}"
+        path = f"{root}/namespaces/{namespace}/{plural}" + (f"/{name}" if name else "")
+        return await self._api.call_api(
+            path, method, header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=dict(body) if body is not None else None, response_types_map={200: "object", 201: "object"},
+            auth_settings=["BearerToken"], _return_http_data_only=True, _request_timeout=30)
 
     async def create(self, plural: str, obj: Mapping[str, Any]) -> dict[str, Any] | None:
         """Create `obj`; None when it already exists (409), which the next reconcile then compares."""
-        group, version = self._coordinates(obj)
         try:
-            created: dict[str, Any] = await self._custom.create_namespaced_custom_object(
-                group, version, obj["metadata"]["namespace"], plural, dict(obj)
-            )
+            created: dict[str, Any] = await self._call("POST", obj["apiVersion"], obj["metadata"]["namespace"],
+                                                       plural, body=obj)
         except ApiException as error:
             if error.status == 409:
                 return None
@@ -64,14 +65,8 @@ class Kube:
         *, status: bool = False,
     ) -> dict[str, Any]:
         """JSON merge patch of an object, or of its status subresource."""
-        group, _, version = api_version.partition("/")
-        method = (
-            self._custom.patch_namespaced_custom_object_status if status
-            else self._custom.patch_namespaced_custom_object
-        )
-        patched: dict[str, Any] = await method(
-            group, version, namespace, plural, name, dict(patch), _content_type=MERGE_PATCH  # type: ignore[call-arg]
-        )
+        patched: dict[str, Any] = await self._call("PATCH", api_version, namespace, plural,
+                                                   f"{name}/status" if status else name, patch, MERGE_PATCH)
         return patched
 
     async def event(self, involved: Mapping[str, Any], type: str, reason: str, message: str, now: str) -> None:
@@ -92,7 +87,7 @@ class Kube:
             "count": 1,
             "reportingComponent": "tiered.dev/operator",
         }
-        await self._core.create_namespaced_event(meta["namespace"], body)  # type: ignore[arg-type]  # a dict body is sent as is
+        await self._call("POST", "v1", meta["namespace"], "events", body=body)
 
 
 def rejected(error: BaseException) -> str | None:
