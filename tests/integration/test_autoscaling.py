@@ -15,6 +15,7 @@ from bed import EmulatorProcess, OperatorProcess, eventually, running_operator
 from tiered_devstack.dcgm_exporter import DcgmExporter, gpu
 from tiered_devstack.prometheus import Prometheus
 from tiered_operator.core.render import SPEC_HASH_ANNOTATION
+from tiered_router.config import RouterConfig
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +65,13 @@ def num_replicas(emulator: EmulatorProcess) -> int | None:
     return app["args"]["llm_configs"][0]["deployment_config"]["num_replicas"]
 
 
+def router_burst(emulator: EmulatorProcess) -> bool:
+    """The burst flag of the triage tier in the router's ConfigMap (a valid RouterConfig)."""
+    configmap = get(emulator, "configmap", "tiered-router-default")
+    config = RouterConfig.model_validate(yaml.safe_load(configmap["data"]["router.yaml"]))
+    return next(tier.burst for tier in config.tiers if tier.name == "triage")
+
+
 def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
     return next((c for c in ((obj or {}).get("status") or {}).get("conditions") or [] if c["type"] == kind), {})
 
@@ -75,6 +83,9 @@ def test_scales_and_bursts_on_gpu_utilization(emulator: EmulatorProcess, stack: 
     for obj in (TIER, POLICY):
         emulator.kubectl("apply", "--validate=false", "-f", "-", input=json.dumps(obj))
     eventually(lambda: num_replicas(emulator) == 1, what="RayService with 1 replica")
+    assert eventually(lambda: get(emulator, "deployment", "tiered-router-default"), what="router Deployment")
+    assert router_burst(emulator) is False
+    router_version = get(emulator, "deployment", "tiered-router-default")["metadata"]["resourceVersion"]
     first_hash = get(emulator, "rayservice", "triage")["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
     tier = eventually(lambda: (t := get(emulator, "itier", "triage"))
                       and condition(t, "MetricsAvailable").get("status") == "True" and t, what="metrics read")
@@ -87,6 +98,7 @@ def test_scales_and_bursts_on_gpu_utilization(emulator: EmulatorProcess, stack: 
                         and p, timeout=30, what="burst entered")
     assert condition(policy, "Bursting")["status"] == "True"
     assert "tier at max replicas" in policy["status"]["burst"]["reason"]
+    eventually(lambda: router_burst(emulator), what="burst in the router's ConfigMap")
     assert get(emulator, "rayservice", "triage")["metadata"]["annotations"][SPEC_HASH_ANNOTATION] == first_hash
     tier = get(emulator, "itier", "triage")
     assert tier["status"]["replicas"]["desired"] == 4 and tier["status"]["lastScaleTime"]
@@ -99,6 +111,9 @@ def test_scales_and_bursts_on_gpu_utilization(emulator: EmulatorProcess, stack: 
     eventually(lambda: num_replicas(emulator) == 1, timeout=60, what="scale down to min")
     eventually(lambda: get(emulator, "rpol", "default")["status"]["burst"]["active"] is False, timeout=30,
                what="burst left")
+    eventually(lambda: router_burst(emulator) is False, what="burst off in the router's ConfigMap")
+    # Burst reached the router by its ConfigMap alone: the Deployment (its pods) never changed.
+    assert get(emulator, "deployment", "tiered-router-default")["metadata"]["resourceVersion"] == router_version
 
     # Hot again, then Prometheus goes away: metrics unavailable, replicas and burst held.
     exporter.set(gpu(WORKER, 95))

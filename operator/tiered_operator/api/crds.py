@@ -67,32 +67,37 @@ def _exclusive_bounds(node: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _structural(node: Any, defs: dict[str, Any], path: str = "") -> Any:
+def _structural(node: Any, defs: dict[str, Any], path: str = "", in_list: bool = False) -> Any:
+    """`in_list`: inside a list item, where no default is written: a merge patch replaces lists whole, so
+    defaulted items would differ from the applied file and every `kubectl apply` would say `configured`
+    (the operator's models default them anyway)."""
     if not isinstance(node, dict):
         return node
     if "$ref" in node:
         target = defs[node["$ref"].rsplit("/", 1)[-1]]
         merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-        return _structural(merged, defs, path)
+        return _structural(merged, defs, path, in_list)
     if "anyOf" in node:
         options = [option for option in node["anyOf"] if option != {"type": "null"}]
         rest = {k: v for k, v in node.items() if k != "anyOf" and not (k == "default" and v is None)}
         if len(options) == 1:
-            return _structural({**options[0], **rest}, defs, path)
+            return _structural({**options[0], **rest}, defs, path, in_list)
         if (int_or_string := _int_or_string(options)) is not None:
-            return _structural({**int_or_string, **rest}, defs, path)
+            return _structural({**int_or_string, **rest}, defs, path, in_list)
     out: dict[str, Any] = {}
     for key, value in _exclusive_bounds(node).items():
-        if key in ("title", "$defs"):
+        if key in ("title", "$defs") or (key == "default" and in_list):
             continue
         if key == "additionalProperties" and value is False:
             continue  # structural schemas prune unknown fields instead
         if key not in OPENAPI_V3_KEYWORDS and not key.startswith("x-kubernetes-"):
             raise ValueError(f"{path or '<root>'}: {key!r} is not an OpenAPI v3.0 structural schema keyword")
         if key == "properties":
-            out[key] = {name: _structural(prop, defs, f"{path}.{name}") for name, prop in value.items()}
-        elif key in ("items", "additionalProperties"):
-            out[key] = _structural(value, defs, f"{path}[*]")
+            out[key] = {name: _structural(prop, defs, f"{path}.{name}", in_list) for name, prop in value.items()}
+        elif key == "items":
+            out[key] = _structural(value, defs, f"{path}[*]", True)
+        elif key == "additionalProperties":
+            out[key] = _structural(value, defs, f"{path}[*]", in_list)
         else:
             out[key] = value
     return out

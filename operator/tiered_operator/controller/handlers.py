@@ -21,6 +21,7 @@ from tiered_operator.controller.autoscale import autoscale_loop
 from tiered_operator.controller.kube import Kube, rejected, transient
 from tiered_operator.controller.metrics import PrometheusSignalSource
 from tiered_operator.controller.reconciler import POLICIES, RAYSERVICES, TIERS, Controller
+from tiered_operator.core.router_objects import DEFAULT_ROUTER_IMAGE
 
 MANAGED = {"app.kubernetes.io/managed-by": "tiered"}
 # How often every object is re-reconciled even without events (readiness, drift). Seconds.
@@ -39,8 +40,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.client_timeout = 330
     settings.batching.batch_window = 0.01  # hand each event over almost at once; the queue merges bursts
     memo.kube = await Kube.connect()
+    router_image = os.environ.get("TIERED_ROUTER_IMAGE") or DEFAULT_ROUTER_IMAGE
     memo.controller = Controller(memo.kube, rejected=rejected, transient=transient, workers=WORKERS,
-                                 resync_seconds=RESYNC_SECONDS)
+                                 resync_seconds=RESYNC_SECONDS, router_image=router_image)
     prometheus = os.environ.get("TIERED_PROMETHEUS_URL")
     signals = PrometheusSignalSource(prometheus) if prometheus else None
     memo.tasks = [asyncio.create_task(memo.controller.run(), name="reconcile workers"),
@@ -70,6 +72,18 @@ def policy_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 def rayservice_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """KubeRay reported (readiness, health) or someone edited or deleted a child: its tier is queued."""
     memo.controller.observe(RAYSERVICES, type or "ADDED", body)
+
+
+def _router_child_event(plural: str, resource: str | None = None) -> None:
+    @kopf.on.event(resource or plural, labels=MANAGED, id=f"{plural}_event")
+    def router_child_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        """A router object changed or went: its policy is queued (drift repaired, a deleted one recreated)."""
+        memo.controller.observe(plural, type or "ADDED", body)
+
+
+for _plural in ("serviceaccounts", "configmaps", "deployments", "services"):
+    _router_child_event(_plural)
+_router_child_event("httproutes", "httproutes.gateway.networking.k8s.io")
 
 
 def add_operator_arguments(parser: argparse.ArgumentParser) -> None:

@@ -39,6 +39,7 @@ from tiered_operator.core.reconcile import (
     child_events,
     desired_tier,
     failed_status,
+    object_action,
     parse_policy,
     parse_tiers,
     policy_status,
@@ -46,12 +47,16 @@ from tiered_operator.core.reconcile import (
     tier_status,
 )
 from tiered_operator.core.router_config import RouterConfigRejected, router_config
+from tiered_operator.core.router_objects import DEFAULT_ROUTER_IMAGE, render_router_objects, router_endpoint
 from tiered_operator.core.scaling import ScalingState
 
 log = logging.getLogger("tiered.operator")
 
 Key = tuple[str, str, str]  # (kind plural, namespace, name)
 TIERS, POLICIES, RAYSERVICES = "inferencetiers", "routingpolicies", "rayservices"
+# What runs a policy's router, by kind: the plural the API serves it under.
+ROUTER_KINDS = {"ServiceAccount": "serviceaccounts", "ConfigMap": "configmaps", "Deployment": "deployments",
+                "Service": "services", "HTTPRoute": "httproutes"}
 MAX_BACKOFF_SECONDS = 300.0
 # An unexpected error this many times in a row on one generation: stop until the object changes.
 MAX_ATTEMPTS = 8
@@ -94,12 +99,14 @@ class Counters:
 class Controller:
     def __init__(self, writer: Writer, *, rejected: Callable[[BaseException], str | None],
                  transient: Callable[[BaseException], bool], workers: int = 8,
-                 resync_seconds: float = 30.0, clock: Callable[[], float] = time.time) -> None:
+                 resync_seconds: float = 30.0, router_image: str = DEFAULT_ROUTER_IMAGE,
+                 clock: Callable[[], float] = time.time) -> None:
         self.writer = writer
         self.rejected = rejected  # the server's message when a write was refused for good, else None
         self.transient = transient  # whether an error may pass by itself (5xx, timeouts, throttling)
         self.workers = workers
         self.resync_seconds = resync_seconds
+        self.router_image = router_image  # for policies that name none
         self.clock = clock
         self.objects: dict[Key, dict[str, Any]] = {}
         self.loops: dict[str, TierLoop] = {}  # by tier uid
@@ -130,11 +137,13 @@ class Controller:
             self.objects.pop(key, None)
         else:
             self.objects[key] = dict(body)
-        if plural == RAYSERVICES:
+        if plural not in (TIERS, POLICIES):  # a child: its owner decides
+            owner_kind, owner_plural = ("InferenceTier", TIERS) if plural == RAYSERVICES else \
+                ("RoutingPolicy", POLICIES)
             owner = next((ref["name"] for ref in meta.get("ownerReferences") or []
-                          if ref.get("kind") == "InferenceTier"), None)
+                          if ref.get("kind") == owner_kind), None)
             if owner:
-                self.enqueue((TIERS, meta["namespace"], owner))
+                self.enqueue((owner_plural, meta["namespace"], owner))
             return
         if plural == TIERS:
             if event_type == "DELETED":
@@ -180,7 +189,7 @@ class Controller:
             if now >= next_resync:
                 next_resync = now + self.resync_seconds
                 for key in list(self.objects):
-                    if key[0] != RAYSERVICES:
+                    if key[0] in (TIERS, POLICIES):
                         self.enqueue(key)
 
     async def _work(self) -> None:
@@ -263,14 +272,12 @@ class Controller:
         actual = self.get(RAYSERVICES, meta["namespace"], meta["name"])
         action = child_action(desired.child, actual)
         try:
-            actual = await self._write_child(desired.child.manifest, action) or actual
+            actual = await self._write_child(RAYSERVICES, desired.child.manifest, action) or actual
         except Exception as error:
-            message = self.rejected(error)
-            if message is None:
+            if (message := self.rejected(error)) is None:
                 raise
-            kind = desired.child.manifest["kind"]
             await self._give_up(body, existing, c.CHILD_REJECTED,
-                                f"the API server refused {kind} {meta['name']}: {message}")
+                                f"the API server refused RayService {meta['name']}: {message}")
             return
         if action.kind == "create" and actual is None:
             action = ChildAction("none")  # it exists already (409): the watch brings it, the next pass compares
@@ -287,18 +294,19 @@ class Controller:
         status = failed_status(existing, _generation(body), reason, message, self._now(), invalid=True)
         await self.write_status(plural, body, status)
 
-    async def _write_child(self, manifest: dict[str, Any], action: ChildAction) -> dict[str, Any] | None:
+    async def _write_child(self, plural: str, manifest: dict[str, Any], action: ChildAction
+                           ) -> dict[str, Any] | None:
         meta = manifest["metadata"]
         if action.kind == "none":
             return None
         self.counters.writes += 1
         if action.kind == "create":
-            written = await self.writer.create(RAYSERVICES, manifest)
+            written = await self.writer.create(plural, manifest)
         else:
-            written = await self.writer.patch(RAYSERVICES, manifest["apiVersion"], meta["namespace"], meta["name"],
+            written = await self.writer.patch(plural, manifest["apiVersion"], meta["namespace"], meta["name"],
                                               action.patch)
         if written is not None:
-            self.objects[(RAYSERVICES, meta["namespace"], meta["name"])] = written
+            self.objects[(plural, meta["namespace"], meta["name"])] = written
         return written
 
     async def reconcile_policy(self, body: dict[str, Any]) -> None:
@@ -313,13 +321,30 @@ class Controller:
         burst = self.bursts.get((meta["namespace"], meta["name"]))
         bursting = burst[0].active if burst else bool(((body.get("status") or {}).get("burst") or {}).get("active"))
         try:
-            router_config(policy, parse_tiers(bodies), bursting=bursting)
+            config, _ = router_config(policy, parse_tiers(bodies), bursting=bursting)
         except RouterConfigRejected as error:
             await self._give_up(body, existing, c.ROUTER_REJECTED, str(error))
             return
+        events = []
+        for child in render_router_objects(policy, config, default_image=self.router_image):
+            plural = ROUTER_KINDS[child.kind]
+            action = object_action(child, self.get(plural, meta["namespace"], child.name))
+            try:
+                await self._write_child(plural, child.body, action)
+            except Exception as error:
+                if (message := self.rejected(error)) is None:
+                    raise
+                await self._give_up(body, existing, c.CHILD_REJECTED,
+                                    f"the API server refused {child.kind} {child.name}: {message}")
+                return
+            if action.kind != "none":
+                verb = "Created" if action.kind == "create" else "Updated"
+                why = f" ({action.why})" if action.why else ""
+                events.append(Event("Normal", f"Router{child.kind}{verb}", f"{verb} {child.kind} {child.name}{why}"))
         tiers = {tier["metadata"]["name"]: parse_status(TierStatus, tier.get("status")) for tier in bodies}
-        status = policy_status(policy, tiers, existing, burst[1] if burst else None, self._now())
-        await self.write_status(POLICIES, body, status)
+        status = policy_status(policy, tiers, existing, burst[1] if burst else None, self._now(),
+                               endpoint=router_endpoint(policy))
+        await self.write_status(POLICIES, body, status, events)
 
     # ---- the one status writer ----------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from tiered_operator.core.render import (
     replica_fields,
     without_replica_counts,
 )
+from tiered_operator.core.router_objects import RenderedObject
 
 HEALTHY_APP_STATES = {"RUNNING"}
 FAILED_APP_STATES = {"DEPLOY_FAILED", "UNHEALTHY"}
@@ -133,6 +134,22 @@ def child_action(desired: RenderedRayService, actual: Mapping[str, Any] | None) 
             "serveConfigV2": spec["serveConfigV2"],
             "rayClusterConfig": {"workerGroupSpecs": spec["rayClusterConfig"]["workerGroupSpecs"]},
         }})
+    return ChildAction("none")
+
+
+def object_action(desired: RenderedObject, actual: Mapping[str, Any] | None) -> ChildAction:
+    """Create, update or leave a rendered object (a router's Deployment, ConfigMap…): by its hash, then the
+    whole object against the server's copy, so a hand edit is repaired and server defaults are not drift."""
+    if actual is None:
+        return ChildAction("create")
+    metadata = {key: desired.body["metadata"][key] for key in CHILD_METADATA if key in desired.body["metadata"]}
+    content = {key: value for key, value in desired.body.items() if key not in ("apiVersion", "kind", "metadata")}
+    update = {"metadata": metadata, **content}
+    actual_hash = ((actual.get("metadata") or {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+    if actual_hash != desired.spec_hash:
+        return ChildAction("update", update, "spec changed")
+    if not contains(actual.get("metadata") or {}, metadata) or not contains(actual, content):
+        return ChildAction("update", update, "edited outside the operator")
     return ChildAction("none")
 
 
@@ -317,8 +334,10 @@ def policy_status(
     existing: PolicyStatus,
     burst: BurstRecord | None,
     now: datetime,
+    endpoint: str | None = None,
 ) -> PolicyStatus:
-    """Status of a RoutingPolicy from the InferenceTiers it references (`tiers`: name → status)."""
+    """Status of a RoutingPolicy from the InferenceTiers it references (`tiers`: name → status);
+    `endpoint` is its router's in-cluster URL."""
     entries, missing, not_ready = [], [], []
     for tier in policy.spec.tiers:
         if tier.external is not None:
@@ -336,15 +355,18 @@ def policy_status(
         entries.append(PolicyTierStatus(name=tier.name, kind="local", tier_ref=tier.tier_ref,
                                         endpoint=status.endpoint, ready=ready))
     if missing:
-        ready_condition = WantedCondition(type=c.READY, status="False", reason=c.TIERS_MISSING,
-                                          message="InferenceTier not found: " + ", ".join(sorted(missing)))
+        trouble = "InferenceTier not found: " + ", ".join(sorted(missing))
+        ready_condition = WantedCondition(type=c.READY, status="False", reason=c.TIERS_MISSING, message=trouble)
     elif not_ready:
-        ready_condition = WantedCondition(type=c.READY, status="False", reason=c.TIERS_NOT_READY,
-                                          message="InferenceTier not ready: " + ", ".join(sorted(not_ready)))
+        trouble = "InferenceTier not ready: " + ", ".join(sorted(not_ready))
+        ready_condition = WantedCondition(type=c.READY, status="False", reason=c.TIERS_NOT_READY, message=trouble)
     else:
+        trouble = ""
         ready_condition = WantedCondition(type=c.READY, status="True", reason=c.TIERS_READY,
                                           message="all tiers ready")
-    wanted = [WantedCondition(type=c.INVALID, status="False", reason=c.VALID), ready_condition]
+    degraded = WantedCondition(type=c.DEGRADED, status="True" if trouble else "False",
+                               reason=ready_condition.reason if trouble else c.HEALTHY, message=trouble)
+    wanted = [WantedCondition(type=c.INVALID, status="False", reason=c.VALID), ready_condition, degraded]
     if burst is not None:
         wanted.append(burst.condition)
     generation = policy.metadata.generation
@@ -353,4 +375,5 @@ def policy_status(
         "conditions": set_conditions(existing.conditions, wanted, now=now, generation=generation),
         "tiers": tuple(entries),
         "burst": burst.status if burst is not None else existing.burst or BurstStatus(active=False),
+        "endpoint": endpoint,
     })
