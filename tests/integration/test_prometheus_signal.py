@@ -13,7 +13,7 @@ import pytest
 from tiered_devstack.dcgm_exporter import ENGINE_ACTIVE, DcgmExporter, Series, gpu
 from tiered_devstack.prometheus import Prometheus, poll
 from tiered_operator.api.model import AutoscalingSpec
-from tiered_operator.controller.metrics import MetricsUnavailable, PrometheusSignalSource, SignalQuery, signal_query
+from tiered_operator.controller.signals import MetricsUnavailable, PrometheusSignalSource, SignalQuery, signal_query
 from tiered_operator.core.scaling import Sample
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from tiered_operator.api.model import AutoscalingSpec
-from tiered_operator.controller.metrics import MetricsUnavailable, one_number, signal_query
+from tiered_operator.controller.signals import MetricsUnavailable, one_number, signal_query
 
 SELECTOR = 'namespace="prod", pod=~"triage-[a-z0-9]{5}-.*worker.*"'
 

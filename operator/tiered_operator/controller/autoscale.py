@@ -23,8 +23,8 @@ from tiered_operator.api import conditions as c
 from tiered_operator.api.model import Burst, InferenceTier, RoutingPolicy
 from tiered_operator.api.objects import InvalidObject, parse_spec
 from tiered_operator.api.status import WantedCondition
-from tiered_operator.controller.metrics import MetricsUnavailable, SignalSource, signal_query
 from tiered_operator.controller.reconciler import POLICIES, TIERS, Controller, TierLoop
+from tiered_operator.controller.signals import MetricsUnavailable, SignalSource, signal_query
 from tiered_operator.core.autoscale import autoscale_record, burst_record, decide_tick
 from tiered_operator.core.burst import BurstState
 from tiered_operator.core.reconcile import Event
@@ -41,6 +41,7 @@ CONCURRENT_READS = 8
 async def autoscale_loop(controller: Controller, source: SignalSource | None, tick_seconds: float) -> None:
     """Runs until cancelled."""
     while True:
+        await controller.leading.wait()
         await autoscale_once(controller, source)
         await asyncio.sleep(tick_seconds)
 
@@ -132,12 +133,14 @@ async def tick_tier(controller: Controller, source: SignalSource | None, body: M
         loop.record = record
         controller.enqueue((TIERS, meta.namespace, meta.name))
     if decision.scaling.changed:
+        controller.metrics.scale_decisions.labels(decision.scaling.reason).inc()
         await controller.post_event(body, Event("Normal", decision.scaling.reason, decision.scaling.message))
     for name, verdict in decision.bursts.items():
         held = controller.bursts.get((meta.namespace, name))
         controller.bursts[(meta.namespace, name)] = (
             verdict.state, burst_record(verdict) if verdict.changed else held[1] if held else None)
         if verdict.changed:
+            controller.metrics.burst_decisions.labels(verdict.reason).inc()
             controller.enqueue((POLICIES, meta.namespace, name))
 
 

@@ -12,15 +12,20 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
+from pathlib import Path
 from typing import Any
 
 import kopf
+from prometheus_client import start_http_server
 
 from tiered_operator.api.model import GROUP, VERSION
 from tiered_operator.controller.autoscale import autoscale_loop
 from tiered_operator.controller.kube import Kube, rejected, transient
-from tiered_operator.controller.metrics import PrometheusSignalSource
+from tiered_operator.controller.leader import LeaderElection
+from tiered_operator.controller.metrics import OperatorMetrics
 from tiered_operator.controller.reconciler import POLICIES, RAYSERVICES, TIERS, Controller
+from tiered_operator.controller.signals import PrometheusSignalSource
 from tiered_operator.core.router_objects import DEFAULT_ROUTER_IMAGE
 
 MANAGED = {"app.kubernetes.io/managed-by": "tiered"}
@@ -29,6 +34,16 @@ RESYNC_SECONDS = float(os.environ.get("TIERED_RESYNC_SECONDS", "30"))
 # How often autoscaled tiers are checked for being due (each ticks at its autoscaling.intervalSeconds).
 AUTOSCALE_TICK_SECONDS = float(os.environ.get("TIERED_AUTOSCALE_TICK_SECONDS", "5"))
 WORKERS = int(os.environ.get("TIERED_WORKERS", "8"))
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def _lease_namespace() -> str:
+    """Where the Lease lives: the operator's own namespace (the chart sets POD_NAMESPACE)."""
+    if namespace := os.environ.get("POD_NAMESPACE"):
+        return namespace
+    if SERVICE_ACCOUNT_NAMESPACE.exists():
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    return "default"
 
 
 @kopf.on.startup()
@@ -41,17 +56,37 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.batching.batch_window = 0.01  # hand each event over almost at once; the queue merges bursts
     memo.kube = await Kube.connect()
     router_image = os.environ.get("TIERED_ROUTER_IMAGE") or DEFAULT_ROUTER_IMAGE
+    metrics = OperatorMetrics()
+    if port := os.environ.get("TIERED_METRICS_PORT"):
+        start_http_server(int(port), addr=os.environ.get("TIERED_METRICS_HOST", "127.0.0.1"),
+                          registry=metrics.registry)
     memo.controller = Controller(memo.kube, rejected=rejected, transient=transient, workers=WORKERS,
-                                 resync_seconds=RESYNC_SECONDS, router_image=router_image)
+                                 resync_seconds=RESYNC_SECONDS, router_image=router_image, metrics=metrics)
     prometheus = os.environ.get("TIERED_PROMETHEUS_URL")
     signals = PrometheusSignalSource(prometheus) if prometheus else None
     memo.tasks = [asyncio.create_task(memo.controller.run(), name="reconcile workers"),
                   asyncio.create_task(autoscale_loop(memo.controller, signals, AUTOSCALE_TICK_SECONDS),
                                       name="autoscaler")]
+    memo.election = None
+    if os.environ.get("TIERED_LEADER_ELECTION", "true").lower() in ("1", "true", "yes"):
+        identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        memo.election = LeaderElection(memo.kube, identity, _lease_namespace(),
+                                       name=os.environ.get("TIERED_LEASE_NAME", "tiered-operator"),
+                                       lease_seconds=float(os.environ.get("TIERED_LEASE_SECONDS", "15")))
+        memo.election_task = asyncio.create_task(memo.election.run(memo.controller.lead), name="leader election")
+        memo.tasks.append(memo.election_task)
+    else:
+        memo.controller.lead(True)
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if memo.election is not None:
+        memo.election_task.cancel()
+        try:
+            await memo.election.release()
+        except Exception as error:  # it expires by itself
+            logging.getLogger("tiered.leader").warning("cannot release the lease: %s", error)
     for task in memo.tasks:
         task.cancel()
     await asyncio.gather(*memo.tasks, return_exceptions=True)
@@ -91,10 +126,23 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--namespace", action="append", default=None,
                         help="watch only these namespaces (repeatable); default: the whole cluster")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every event kopf handles")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve the operator's Prometheus metrics on this port (env TIERED_METRICS_PORT)")
+    parser.add_argument("--metrics-host", default=None,
+                        help="address for --metrics-port (default 127.0.0.1; 0.0.0.0 in a pod)")
+    parser.add_argument("--no-leader-election", action="store_true",
+                        help="reconcile without holding the Lease (one replica only; env TIERED_LEADER_ELECTION)")
 
 
 def operator(args: argparse.Namespace) -> int:
-    """`tiered operator`: run these handlers with kopf (standalone: no peering objects needed)."""
+    """`tiered operator`: run these handlers with kopf (standalone: leader election is ours, on a Lease)."""
+    # The handlers read their settings from the environment (so that `kopf run -m` works the same).
+    if args.metrics_port is not None:
+        os.environ["TIERED_METRICS_PORT"] = str(args.metrics_port)
+    if args.metrics_host is not None:
+        os.environ["TIERED_METRICS_HOST"] = args.metrics_host
+    if args.no_leader_election:
+        os.environ["TIERED_LEADER_ELECTION"] = "false"
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
     logging.getLogger("tiered").setLevel(logging.INFO)
     kopf.run(standalone=True, clusterwide=not args.namespace, namespaces=args.namespace or (),

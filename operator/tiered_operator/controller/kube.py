@@ -69,6 +69,23 @@ class Kube:
                                                    f"{name}/status" if status else name, patch, MERGE_PATCH)
         return patched
 
+    async def get(self, plural: str, api_version: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when there is none (404)."""
+        try:
+            found: dict[str, Any] = await self._call("GET", api_version, namespace, plural, name)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return found
+
+    async def replace(self, plural: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT `obj` (with its resourceVersion: a concurrent change answers 409)."""
+        meta = obj["metadata"]
+        replaced: dict[str, Any] = await self._call("PUT", obj["apiVersion"], meta["namespace"], plural,
+                                                    meta["name"], obj)
+        return replaced
+
     async def event(self, involved: Mapping[str, Any], type: str, reason: str, message: str, now: str) -> None:
         """Post a core/v1 Event about `involved` (a whole object as read)."""
         meta = involved["metadata"]

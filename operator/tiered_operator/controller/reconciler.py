@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 from tiered_operator.api import conditions as c
 from tiered_operator.api.model import API_VERSION
 from tiered_operator.api.status import PolicyStatus, TierStatus, parse_status, status_patch, timestamp
+from tiered_operator.controller.metrics import OperatorMetrics
 from tiered_operator.core.burst import BurstState
 from tiered_operator.core.reconcile import (
     AutoscaleRecord,
@@ -89,18 +90,11 @@ class Retry:
     given_up_at_generation: int | None = None
 
 
-@dataclass
-class Counters:
-    reconciles: int = 0
-    writes: int = 0
-    errors: int = 0
-
-
 class Controller:
     def __init__(self, writer: Writer, *, rejected: Callable[[BaseException], str | None],
                  transient: Callable[[BaseException], bool], workers: int = 8,
                  resync_seconds: float = 30.0, router_image: str = DEFAULT_ROUTER_IMAGE,
-                 clock: Callable[[], float] = time.time) -> None:
+                 metrics: OperatorMetrics | None = None, clock: Callable[[], float] = time.time) -> None:
         self.writer = writer
         self.rejected = rejected  # the server's message when a write was refused for good, else None
         self.transient = transient  # whether an error may pass by itself (5xx, timeouts, throttling)
@@ -113,7 +107,9 @@ class Controller:
         # By (namespace, policy): the burst evidence, and the last verdict that flipped (None: none yet).
         self.bursts: dict[tuple[str, str], tuple[BurstState, BurstRecord | None]] = {}
         self.retries: dict[Key, Retry] = {}
-        self.counters = Counters()
+        self.metrics = metrics or OperatorMetrics()
+        # Only the leader reconciles (set at once when there is no election); followers keep the store warm.
+        self.leading = asyncio.Event()
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
         self._active: set[Key] = set()
@@ -168,8 +164,16 @@ class Controller:
             self._queued.add(key)
             self._queue.put_nowait(key)
 
-    def queue_depth(self) -> int:
-        return self._queue.qsize()
+    def lead(self, leading: bool) -> None:
+        """Start or stop reconciling (leader election); a new leader first queues everything."""
+        self.metrics.leader.set(1 if leading else 0)
+        if leading:
+            self.leading.set()
+            for key in list(self.objects):
+                if key[0] in (TIERS, POLICIES):
+                    self.enqueue(key)
+        else:
+            self.leading.clear()
 
     async def run(self) -> None:
         """Workers plus the resync and retry scheduler; runs until cancelled."""
@@ -182,6 +186,9 @@ class Controller:
         next_resync = self.clock() + self.resync_seconds
         while True:
             await asyncio.sleep(min(1.0, self.resync_seconds))
+            self.metrics.queue_depth.set(self._queue.qsize())
+            if not self.leading.is_set():
+                continue
             now = self.clock()
             for key, retry in list(self.retries.items()):
                 if retry.given_up_at_generation is None and retry.failures and retry.not_before <= now:
@@ -195,6 +202,7 @@ class Controller:
     async def _work(self) -> None:
         while True:
             key = await self._queue.get()
+            await self.leading.wait()
             self._queued.discard(key)
             self._active.add(key)
             try:
@@ -220,7 +228,7 @@ class Controller:
             self.retries.pop(key)
         if retry is not None and retry.failures and self.clock() < retry.not_before:
             return  # backing off; the scheduler queues it when due
-        self.counters.reconciles += 1
+        self.metrics.reconciles.labels(key[0]).inc()
         passes: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
             TIERS: self.reconcile_tier, POLICIES: self.reconcile_policy}
         try:
@@ -242,12 +250,12 @@ class Controller:
             self.retries.pop(key, None)
 
     def _failed(self, key: Key, body: Mapping[str, Any], *, give_up: bool) -> None:
-        self.counters.errors += 1
         retry = self.retries.setdefault(key, Retry())
         retry.failures += 1
         retry.not_before = self.clock() + min(MAX_BACKOFF_SECONDS, 2.0 ** min(retry.failures - 1, 9))
         if give_up or retry.failures >= MAX_ATTEMPTS:
             retry.given_up_at_generation = _generation(body)
+        self.metrics.errors.labels(key[0], "no" if retry.given_up_at_generation is not None else "yes").inc()
 
     async def _write_failure(self, key: Key, body: dict[str, Any], reason: str, message: str) -> None:
         model: type[TierStatus] | type[PolicyStatus] = TierStatus if key[0] == TIERS else PolicyStatus
@@ -299,7 +307,7 @@ class Controller:
         meta = manifest["metadata"]
         if action.kind == "none":
             return None
-        self.counters.writes += 1
+        self.metrics.writes.labels(plural).inc()
         if action.kind == "create":
             written = await self.writer.create(plural, manifest)
         else:
@@ -358,7 +366,7 @@ class Controller:
         before = parse_status(model, raw).conditions
         all_events = [*(events or ()), *status_events(before, status.conditions)]
         if patch:
-            self.counters.writes += 1
+            self.metrics.writes.labels(f"{plural}/status").inc()
             written = await self.writer.patch(plural, API_VERSION, meta["namespace"], meta["name"],
                                               {"status": patch}, status=True)
             # The watch will bring this too; until then, the next pass must not start from the old status.
