@@ -425,6 +425,8 @@ def _cel_value(schema: Schema, value: Any) -> Any:
 
 
 def _check_rules(schema: Schema, value: Any, old: Any, path: str, errs: list[FieldError]) -> None:
+    if old is not _MISSING and value == old:
+        return  # ratcheting (CRDValidationRatcheting, on since 1.30): an unchanged value is not re-checked
     for rule in schema.get("x-kubernetes-validations", ()):
         error = _eval_rule(schema, rule, value, old, path)
         if error is not None:

@@ -34,6 +34,7 @@ from tiered_operator.core.reconcile import (
     AutoscaleRecord,
     BurstRecord,
     ChildAction,
+    DesiredTier,
     Event,
     TierInvalid,
     child_action,
@@ -107,6 +108,7 @@ class Controller:
         # By (namespace, policy): the burst evidence, and the last verdict that flipped (None: none yet).
         self.bursts: dict[tuple[str, str], tuple[BurstState, BurstRecord | None]] = {}
         self.retries: dict[Key, Retry] = {}
+        self._rendered: dict[str, tuple[tuple[Any, ...], DesiredTier | TierInvalid]] = {}  # by tier uid
         self.metrics = metrics or OperatorMetrics()
         # Only the leader reconciles (set at once when there is no election); followers keep the store warm.
         self.leading = asyncio.Event()
@@ -129,6 +131,9 @@ class Controller:
         meta = body["metadata"]
         key = (plural, meta["namespace"], meta["name"])
         before = self.objects.get(key)
+        if event_type != "DELETED" and before is not None and \
+                before["metadata"].get("resourceVersion") == meta.get("resourceVersion"):
+            return  # our own write coming back: the store has it already
         if event_type == "DELETED":
             self.objects.pop(key, None)
         else:
@@ -144,6 +149,7 @@ class Controller:
         if plural == TIERS:
             if event_type == "DELETED":
                 self.loops.pop(meta.get("uid", ""), None)
+                self._rendered.pop(meta.get("uid", ""), None)
             if before is None or event_type == "DELETED" or _status_summary(before) != _status_summary(body):
                 for policy in self.of_kind(POLICIES, meta["namespace"]):
                     self.enqueue((POLICIES, meta["namespace"], policy["metadata"]["name"]))
@@ -273,7 +279,7 @@ class Controller:
         record = loop.record if loop is not None else None
         now = self._now()
         try:
-            desired = desired_tier(body, record.replicas if record is not None else None)
+            desired = self._desired_tier(body, record)
         except TierInvalid as error:
             await self._give_up(body, existing, error.reason, str(error))
             return
@@ -292,6 +298,25 @@ class Controller:
         status = tier_status(desired, action, actual, existing, record, now)
         autoscaled = desired.tier.spec.autoscaling.enabled
         await self.write_status(TIERS, body, status, child_events(desired, action, autoscaled=autoscaled))
+
+    def _desired_tier(self, body: dict[str, Any], record: AutoscaleRecord | None) -> DesiredTier:
+        """`desired_tier`, computed once per generation and replica count (a resync re-renders nothing)."""
+        meta = body["metadata"]
+        replicas = record.replicas if record is not None else None
+        inputs = (meta.get("generation"), replicas, ((body.get("status") or {}).get("replicas") or {}).get("desired"))
+        cached = self._rendered.get(meta.get("uid", ""))
+        if cached is not None and cached[0] == inputs:
+            if isinstance(cached[1], TierInvalid):
+                raise cached[1]
+            return cached[1]
+        try:
+            desired: DesiredTier | TierInvalid = desired_tier(body, replicas)
+        except TierInvalid as error:
+            desired = error
+        self._rendered[meta.get("uid", "")] = (inputs, desired)
+        if isinstance(desired, TierInvalid):
+            raise desired
+        return desired
 
     async def _give_up(self, body: dict[str, Any], existing: TierStatus | PolicyStatus, reason: str,
                        message: str) -> None:
@@ -369,10 +394,10 @@ class Controller:
             self.metrics.writes.labels(f"{plural}/status").inc()
             written = await self.writer.patch(plural, API_VERSION, meta["namespace"], meta["name"],
                                               {"status": patch}, status=True)
-            # The watch will bring this too; until then, the next pass must not start from the old status.
-            current = self.objects.get((plural, meta["namespace"], meta["name"]))
-            if current is not None and written:
-                current["status"] = written.get("status") or {**raw, **patch}
+            # The watch brings this too; until then, the next pass must not start from the old status.
+            key = (plural, meta["namespace"], meta["name"])
+            if key in self.objects and written:
+                self.objects[key] = written
         for event in all_events:
             await self.post_event(body, event)
 
