@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from bed import EmulatorProcess, eventually, running_emulator, running_kopf
+from tiered_operator.api.crds import inference_tier_crd
 
 pytestmark = pytest.mark.integration
 
@@ -268,6 +269,21 @@ def test_crd_validation_rejects_invalid_objects(emulator: EmulatorProcess) -> No
     assert (status, error["reason"]) == (422, "Invalid")
     assert error["message"].startswith('InferenceTier.tiered.dev "bad" is invalid: ')
     assert error["details"]["causes"]
+
+
+def test_a_crd_kube_apiserver_cannot_decode_is_refused(emulator: EmulatorProcess, tmp_path: Path) -> None:
+    crd = inference_tier_crd()
+    crd["metadata"]["name"] = "gadgets.example.com"
+    crd["spec"].update(group="example.com", names={"plural": "gadgets", "singular": "gadget", "kind": "Gadget",
+                                                   "listKind": "GadgetList"})
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"] = {
+        "type": "object", "properties": {"size": {"type": "number", "exclusiveMinimum": 0}}}
+    path = tmp_path / "gadgets.yaml"
+    path.write_text(json.dumps(crd))
+    result = emulator.kubectl("apply", "--validate=false", "-f", str(path), check=False)
+    assert result.returncode != 0
+    assert "cannot unmarshal number into Go struct field JSONSchemaProps" in result.stderr
+    assert "exclusiveMinimum of type bool" in result.stderr
 
 
 async def test_validator_hook_and_rayservice_fallback_in_process() -> None:

@@ -17,7 +17,7 @@ import kmock
 import yaml
 
 from tiered_devstack.emulator.kinds import default_crds
-from tiered_devstack.emulator.server import Emulator, default_admission
+from tiered_devstack.emulator.server import Emulator, default_admission, default_crd_checker
 
 
 def write_kubeconfig(path: Path, url: str) -> None:
@@ -68,6 +68,7 @@ async def _serve(args: argparse.Namespace) -> None:
     validator, defaulter = (None, None) if args.no_validation else default_admission()
     crds = [] if args.crds else default_crds()
     emulator = Emulator(crds=crds, crd_paths=args.crds or (), validator=validator, defaulter=defaulter,
+                        crd_checker=None if args.no_validation else default_crd_checker(),
                         bookmark_interval=args.bookmark_interval)
     async with emulator, kmock.Server(emulator, host=args.host, port=args.port or None) as server:
         url = f"http://{f'[{args.host}]' if ':' in args.host else args.host}:{server.port}"

@@ -119,6 +119,9 @@ class Emulator(kmock.KubernetesEmulator):
     crds: Iterable[Obj] = ()
     validator: Validator | None = None
     defaulter: Defaulter | None = None  # (crd, obj) -> obj as stored: pruned, schema defaults applied
+    # (crd) -> why kube-apiserver could not decode a CRD object written over the API (e.g. a numeric
+    # `exclusiveMinimum`); the CRDs loaded at start-up are not checked.
+    crd_checker: Callable[[Obj], list[str]] | None = None
     bookmark_interval: float = 1.0
 
     _kinds: dict[tuple[str, str, str], Kind] = attrs.field(factory=dict, init=False)
@@ -478,6 +481,8 @@ class Emulator(kmock.KubernetesEmulator):
         problems = metadata_errors(kind.store, new["metadata"])
         if problems:
             raise self._invalid(kind, new["metadata"]["name"], problems)
+        if kind.store == CRD_STORE and self.crd_checker is not None and (undecodable := self.crd_checker(new)):
+            raise ApiError(400, "BadRequest", undecodable[0])
         if kind.crd is not None and self.defaulter is not None:
             pruned = self.defaulter(kind.crd, new)
             unknown = unknown_fields(new, pruned)
@@ -784,6 +789,19 @@ def _version_key(version: str) -> tuple[int, int, int]:
     if not match:
         return (-1, 0, 0)
     return int(match[1]), {"alpha": 0, "beta": 1, None: 2}[match[2]], int(match[3] or 0)
+
+
+CRD_STORE = ("apiextensions.k8s.io", "customresourcedefinitions")
+
+
+def default_crd_checker() -> Callable[[Obj], list[str]] | None:
+    """The project's check that a CRD's schemas decode as apiextensions/v1 (if it is there)."""
+    try:
+        from tiered_operator.api.crd_validation import schema_errors
+    except ImportError:
+        return None
+    checker: Callable[[Obj], list[str]] = schema_errors
+    return checker
 
 
 def default_admission() -> tuple[Validator | None, Defaulter | None]:
