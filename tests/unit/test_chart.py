@@ -22,6 +22,7 @@ import pytest
 import yaml
 from tiered_operator.api.model import API_VERSION, InferenceTier, RoutingPolicy
 from tiered_operator.api.objects import load_file, parse_object
+from tiered_operator.cli import build_parser
 from tiered_operator.core.router_config import router_config
 from tiered_operator.core.router_objects import ROUTER_VERSION, render_router_objects
 
@@ -30,7 +31,6 @@ CHART = ROOT / "charts" / "tiered"
 HELM = ROOT / ".bin" / "helm"
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
 KUBERNETES_VERSIONS = ["1.30", "1.31", "1.32", "1.33"]
-KOPF_CRDS = CHART / "crds" / "kopf.dev_peerings.yaml"
 # CRDs of optional integrations the chart does not install, vendored for tests (see their headers).
 VENDORED_CRDS = [Path(__file__).parent / "schemas" / "monitoring.coreos.com_podmonitors.yaml"]
 RESTRICTED_CONTAINER = {
@@ -121,12 +121,13 @@ def test_chart_crds_are_a_copy_of_crds() -> None:
         assert copy.exists() and copy.read_text() == (ROOT / "crds" / name).read_text(), (
             f"charts/tiered/crds/{name} differs from crds/{name}: run `make crds`")
     extra = {p.name for p in (CHART / "crds").glob("*.yaml")} - set(generated)
-    assert extra == {KOPF_CRDS.name}
+    assert not extra  # kopf's peering CRDs are gone: the operator elects its leader on a Lease
 
 
-def test_kopf_peering_crds_are_kopfs() -> None:
-    names = {crd["metadata"]["name"]: crd["spec"]["scope"] for crd in yaml.safe_load_all(KOPF_CRDS.read_text())}
-    assert names == {"clusterkopfpeerings.kopf.dev": "Cluster", "kopfpeerings.kopf.dev": "Namespaced"}
+@pytest.mark.parametrize("values", CI_VALUES, ids=ids)
+def test_nothing_of_kopf_peering_is_left(values: Path) -> None:
+    text = json.dumps(rendered(values)) + json.dumps(chart_crds())
+    assert "kopf.dev" not in text and "peering" not in text.lower()
 
 
 # ---- policies --------------------------------------------------------------------------------------------
@@ -146,38 +147,95 @@ def test_rbac_has_no_wildcards_and_no_secrets(values: Path) -> None:
         assert not set(rule["verbs"]) & {"escalate", "bind", "impersonate", "deletecollection"}, rule
 
 
-def test_rbac_grants_what_the_operator_uses() -> None:
-    rules = rbac_rules(rendered(CHART / "ci" / "full-values.yaml"))
-    grants = {(group, resource): set(rule["verbs"])
-              for rule in rules for group in rule["apiGroups"] for resource in rule["resources"]}
-    assert grants[("tiered.dev", "inferencetiers")] == {"get", "list", "watch", "patch"}
-    assert grants[("tiered.dev", "routingpolicies/status")] == {"get", "patch"}
-    assert grants[("ray.io", "rayservices")] == {"get", "list", "watch", "create", "patch"}
-    for resource in ("configmaps", "services", "serviceaccounts"):
-        assert grants[("", resource)] == {"get", "list", "watch", "create", "patch"}
-    assert grants[("apps", "deployments")] == {"get", "list", "watch", "create", "patch"}
-    assert grants[("", "events")] == {"create"}
-    assert grants[("kopf.dev", "clusterkopfpeerings")] == {"get", "list", "watch", "patch"}
-    assert grants[("apiextensions.k8s.io", "customresourcedefinitions")] == {"list", "watch"}
-    assert ("gateway.networking.k8s.io", "httproutes") in grants
-    default = rbac_rules(rendered(CHART / "ci" / "default-values.yaml"))
-    assert not any("httproutes" in rule["resources"] for rule in default)
+# What the operator does, read from operator/tiered_operator/controller/: kopf lists and watches every kind
+# it has a handler for (handlers.py) and the CRDs (its discovery), and never GETs a watched object (the
+# controller reads its store); reconciler.py creates and merge-patches children, patches tiers' and policies'
+# status and never their spec, never deletes (owner references do) and never PUTs; kube.py posts Events;
+# leader.py GETs, creates and PUTs its Lease. The chart must grant exactly that: no more, no less.
+WATCHED_CHILD = {"list", "watch", "create", "patch"}
+OPERATOR_GRANTS = {
+    ("tiered.dev", "inferencetiers"): {"list", "watch"},
+    ("tiered.dev", "routingpolicies"): {"list", "watch"},
+    ("tiered.dev", "inferencetiers/status"): {"patch"},
+    ("tiered.dev", "routingpolicies/status"): {"patch"},
+    ("ray.io", "rayservices"): WATCHED_CHILD,
+    ("apps", "deployments"): WATCHED_CHILD,
+    ("", "services"): WATCHED_CHILD,
+    ("", "configmaps"): WATCHED_CHILD,
+    ("", "serviceaccounts"): WATCHED_CHILD,
+    ("", "events"): {"create"},
+}
+GATEWAY_GRANTS = {("gateway.networking.k8s.io", "httproutes"): WATCHED_CHILD}
+DISCOVERY_GRANTS = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+NAMESPACE_DISCOVERY_GRANTS = {("", "namespaces"): {"list", "watch"}}  # only when watching some namespaces
+LEASE_GRANTS = {("coordination.k8s.io", "leases", ""): {"create"},
+                ("coordination.k8s.io", "leases", "tiered-operator"): {"get", "update"}}
+
+
+def grants(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    table: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                table.setdefault((group, resource), set()).update(rule["verbs"])
+    return table
+
+
+def lease_grants(role: dict[str, Any]) -> dict[tuple[str, str, str], set[str]]:
+    table: dict[tuple[str, str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for name in rule.get("resourceNames") or [""]:
+                    table.setdefault((group, resource, name), set()).update(rule["verbs"])
+    return table
+
+
+def roles(docs: tuple[dict[str, Any], ...], kind: str) -> dict[str, dict[str, Any]]:
+    return {f"{d['metadata'].get('namespace', '')}/{d['metadata']['name']}": d for d in docs if d["kind"] == kind}
+
+
+def test_rbac_grants_exactly_what_the_operator_uses() -> None:
+    full = rendered(CHART / "ci" / "full-values.yaml")
+    assert grants(roles(full, "ClusterRole")["/tiered"]) == {**DISCOVERY_GRANTS, **OPERATOR_GRANTS, **GATEWAY_GRANTS}
+    default = rendered(CHART / "ci" / "default-values.yaml")
+    assert grants(roles(default, "ClusterRole")["/tiered"]) == {**DISCOVERY_GRANTS, **OPERATOR_GRANTS}
+    for docs in (full, default):
+        assert set(roles(docs, "Role")) == {"tiered-system/tiered-leader-election"}
+        assert lease_grants(roles(docs, "Role")["tiered-system/tiered-leader-election"]) == LEASE_GRANTS
+
+
+def test_the_lease_role_names_the_lease_the_operator_is_told_to_take() -> None:
+    docs = rendered(CHART / "ci" / "default-values.yaml")
+    container = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    lease = next(e["value"] for e in container["env"] if e["name"] == "TIERED_LEASE_NAME")
+    role = roles(docs, "Role")["tiered-system/tiered-leader-election"]
+    assert [rule.get("resourceNames") for rule in role["rules"]] == [None, [lease]]
+    binding = roles(docs, "RoleBinding")["tiered-system/tiered-leader-election"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tiered", "namespace": "tiered-system"}]
+    # Two releases in one namespace elect on two Leases.
+    other = helm("template", "other", str(CHART), "--namespace", "tiered-system")
+    assert "other-tiered-operator" in other
+
+
+def test_bring_your_own_rbac_renders_no_rbac() -> None:
+    docs = rendered(CHART / "ci" / "bring-your-own-rbac-values.yaml")
+    assert not [d for d in docs if d["apiVersion"].startswith("rbac.authorization.k8s.io")]
 
 
 def test_namespaced_install_has_no_cluster_wide_rights_on_namespaced_objects() -> None:
     docs = rendered(CHART / "ci" / "namespaced-values.yaml")
-    cluster_role = next(d for d in docs if d["kind"] == "ClusterRole")
-    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {
-        "customresourcedefinitions", "namespaces"}
-    assert all(set(rule["verbs"]) == {"list", "watch"} for rule in cluster_role["rules"])
-    roles = {d["metadata"]["namespace"] for d in docs if d["kind"] == "Role"}
-    bindings = {d["metadata"]["namespace"] for d in docs if d["kind"] == "RoleBinding"}
-    assert roles == bindings == {"team-a", "team-b"}
-    peerings = {(d["kind"], d["metadata"]["namespace"]) for d in docs if d["apiVersion"] == "kopf.dev/v1"}
-    assert peerings == {("KopfPeering", "team-a"), ("KopfPeering", "team-b")}
+    assert grants(roles(docs, "ClusterRole")["/tiered"]) == {**DISCOVERY_GRANTS, **NAMESPACE_DISCOVERY_GRANTS}
+    namespaced = roles(docs, "Role")
+    assert set(namespaced) == {"team-a/tiered", "team-b/tiered", "tiered-system/tiered-leader-election"}
+    for name in ("team-a/tiered", "team-b/tiered"):
+        assert grants(namespaced[name]) == OPERATOR_GRANTS
+    assert set(roles(docs, "RoleBinding")) == set(namespaced)
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == [
-        "operator", "--liveness", "http://0.0.0.0:8080/healthz", "--namespace", "team-a", "--namespace", "team-b"]
+        "operator", "--liveness", "http://0.0.0.0:8080/healthz", "--metrics-port", "9090", "--metrics-host",
+        "0.0.0.0", "--namespace", "team-a", "--namespace", "team-b"]
 
 
 def pod_specs(docs: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
@@ -241,12 +299,71 @@ def test_image_tags_default_to_the_app_version() -> None:
     assert app_version == ROUTER_VERSION  # the operator's own default for routers: the same release
 
 
+def operator_container(values: Path) -> dict[str, Any]:
+    deployment = next(d for d in rendered(values) if d["kind"] == "Deployment")
+    container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
 def test_operator_runs_as_the_cli_starts_it() -> None:
-    deployment = next(d for d in rendered(CHART / "ci" / "default-values.yaml") if d["kind"] == "Deployment")
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"] == ["operator", "--liveness", "http://0.0.0.0:8080/healthz"]
+    container = operator_container(CHART / "ci" / "default-values.yaml")
+    assert container["args"] == ["operator", "--liveness", "http://0.0.0.0:8080/healthz",
+                                 "--metrics-port", "9090", "--metrics-host", "0.0.0.0"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"health": 8080, "metrics": 9090}
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=ids)
+def test_the_real_cli_accepts_the_operator_args(values: Path) -> None:
+    args = operator_container(values)["args"]
+    parsed = build_parser("operator").parse_args(args)  # argparse exits on an unknown flag
+    assert parsed.metrics_port == 9090 and parsed.metrics_host == "0.0.0.0"
+    assert not parsed.no_leader_election
+
+
+def test_every_env_var_the_chart_sets_is_one_the_operator_reads() -> None:
+    container = operator_container(CHART / "ci" / "full-values.yaml")
+    source = "\n".join(path.read_text() for path in (ROOT / "operator" / "tiered_operator").rglob("*.py"))
+    for env in container["env"]:
+        assert f'"{env["name"]}"' in source, env["name"]
+    by_name = {env["name"]: env for env in container["env"]}
+    assert "TIERED_PEERING_NAME" not in by_name
+    # What a pod learns from the downward API: its identity in the Lease, and the Lease's namespace.
+    assert by_name["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert by_name["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+
+def test_two_replicas_by_default_behind_a_disruption_budget() -> None:
+    docs = rendered(CHART / "ci" / "default-values.yaml")
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    pdb = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": deployment["spec"]["selector"]}
+    one = rendered(CHART / "ci" / "bring-your-own-rbac-values.yaml")
+    assert next(d for d in one if d["kind"] == "Deployment")["spec"]["replicas"] == 1
+    assert not [d for d in one if d["kind"] == "PodDisruptionBudget"]
+
+
+def test_the_operator_podmonitor_scrapes_the_metrics_port() -> None:
+    docs = rendered(CHART / "ci" / "full-values.yaml")
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    monitor = next(d for d in docs if d["kind"] == "PodMonitor" and d["metadata"]["name"].endswith("-operator"))
+    assert monitor["spec"]["selector"] == deployment["spec"]["selector"]
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["metrics"]["podMonitor"]["operator"] is True  # on whenever PodMonitors are
+
+
+def test_health_and_metrics_ports_must_differ() -> None:
+    result = subprocess.run([str(HELM), "template", "t", str(CHART), "--set", "operator.metricsPort=8080"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "must differ" in result.stderr
 
 
 def test_network_policies_keep_tiers_for_routers() -> None:
@@ -261,7 +378,8 @@ def test_network_policies_keep_tiers_for_routers() -> None:
 
 def test_optional_parts_are_off_by_default() -> None:
     kinds = {d["kind"] for d in rendered(CHART / "ci" / "default-values.yaml")}
-    assert kinds == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "ClusterKopfPeering"}
+    assert kinds == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment",
+                     "PodDisruptionBudget"}
     full = {d["kind"] for d in rendered(CHART / "ci" / "full-values.yaml")}
     assert {"PodMonitor", "NetworkPolicy", "InferenceTier", "RoutingPolicy"} <= full
 
@@ -312,6 +430,7 @@ def test_notes_say_how_to_check_the_install() -> None:
                "-f", str(CHART / "ci" / "full-values.yaml"))
     notes = out[out.index("NOTES:"):]
     assert "kubectl -n tiered-system rollout status deployment/tiered" in notes
+    assert "kubectl -n tiered-system get lease tiered-operator" in notes
     assert "kubectl get itier,rpol -A" in notes and "kubectl -n default get itier/edge rpol/example" in notes
 
 

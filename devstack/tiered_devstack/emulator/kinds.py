@@ -91,6 +91,7 @@ BUILTIN_KINDS = (
     _builtin("rbac.authorization.k8s.io/v1", "roles", "Role"),
     _builtin("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding"),
     _builtin("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy", short="netpol"),
+    _builtin("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget", short="pdb", status=True),
     _builtin("apiextensions.k8s.io/v1", "customresourcedefinitions", "CustomResourceDefinition",
              namespaced=False, short="crd crds", status=True),
 )
