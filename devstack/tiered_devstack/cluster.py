@@ -13,7 +13,7 @@ Used by the tests (the `emulator` and `operator` fixtures in tests/conftest.py),
     emulator.reset_requests()
 
 `running_kopf(emulator, args, log)` runs `kopf run --standalone -A *args` against it and stops it afterwards;
-`running_operator(emulator, workdir)` does that for `tiered_operator.controller.handlers` and waits for its liveness
+`running_operator(emulator, workdir)` runs `tiered operator` as the chart does and waits for its liveness
 probe; `eventually(check)` polls until `check()` is truthy instead of sleeping for a fixed time.
 Every process started here is stopped when its context ends; everything listens on 127.0.0.1.
 """
@@ -152,7 +152,7 @@ def running_kopf(emulator: EmulatorProcess, args: Sequence[str], log: Path,
 
 @dataclass
 class OperatorProcess:
-    """The real operator (`kopf run`) against an emulator."""
+    """The real operator (`tiered operator`) against an emulator."""
 
     process: subprocess.Popen[bytes]
     log: Path
@@ -165,13 +165,14 @@ class OperatorProcess:
 def running_operator(emulator: EmulatorProcess, workdir: Path, resync_seconds: float = 1.0,
                      extra_env: dict[str, str] | None = None,
                      timeout: float = 30) -> Iterator[OperatorProcess]:
-    """`kopf run ... -m tiered_operator.controller.handlers` until the test ends; waits for its liveness probe."""
+    """`tiered operator --liveness ...` (as the chart runs it) until the test ends; waits for its liveness."""
     log = workdir / "operator.log"
     port = free_port()
-    env = {"TIERED_RESYNC_SECONDS": str(resync_seconds), **(extra_env or {})}
-    args = ["--log-format=plain", f"--liveness=http://127.0.0.1:{port}/healthz",
-            "-m", "tiered_operator.controller.handlers"]
-    with running_kopf(emulator, args, log, env) as process:
+    env = {**emulator.env, "TIERED_RESYNC_SECONDS": str(resync_seconds), **(extra_env or {})}
+    with log.open("wb") as out:
+        process = subprocess.Popen([*TIERED, "operator", f"--liveness=http://127.0.0.1:{port}/healthz"],
+                                   stdout=out, stderr=subprocess.STDOUT, cwd=workdir, env=env)
+    try:
         operator = OperatorProcess(process, log)
         deadline = time.monotonic() + timeout
         while True:
@@ -183,6 +184,11 @@ def running_operator(emulator: EmulatorProcess, workdir: Path, resync_seconds: f
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(0.1)
         yield operator
+    except BaseException:
+        print(f"--- operator log ({log}) ---\n{log.read_text(errors='replace')}")
+        raise
+    finally:
+        stop(process, timeout=15)
 
 
 def eventually(check: Any, timeout: float = 20, interval: float = 0.2, what: str = "condition") -> Any:
