@@ -23,7 +23,7 @@ from tiered_operator.api.status import (
 from tiered_operator.core.reconcile import (
     AutoscaleRecord,
     ChildAction,
-    TierInvalid,
+    Unservable,
     child_action,
     child_events,
     desired_tier,
@@ -117,7 +117,7 @@ def test_autoscaler_choice_is_clamped_and_ignored_when_autoscaling_is_off() -> N
 def test_invalid_specs_report_once(mutation: dict, reason: str, fragment: str) -> None:
     body = example("tier-awq-h100.yaml")
     body["spec"].update(mutation)
-    with pytest.raises(TierInvalid) as raised:
+    with pytest.raises(Unservable) as raised:
         desired_tier(body, None)
     assert raised.value.reason == reason and fragment in str(raised.value)
     status = failed_status(TierStatus(), 1, reason, str(raised.value), NOW, invalid=True)
@@ -162,7 +162,7 @@ def test_child_action_repairs_drift_anywhere_but_ignores_server_defaults() -> No
     assert child_action(desired.child, actual).kind == "none"
 
     defaulted = copy.deepcopy(actual)  # what a server adds is not drift
-    defaulted["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] = False
+    defaulted["spec"]["upgradeStrategy"] = {"type": "NewCluster"}
     defaulted["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0][
         "imagePullPolicy"] = "IfNotPresent"
     defaulted["metadata"]["resourceVersion"] = "7"

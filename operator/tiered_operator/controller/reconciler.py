@@ -36,7 +36,7 @@ from tiered_operator.core.reconcile import (
     ChildAction,
     DesiredTier,
     Event,
-    TierInvalid,
+    Unservable,
     child_action,
     child_events,
     desired_tier,
@@ -108,7 +108,7 @@ class Controller:
         # By (namespace, policy): the burst evidence, and the last verdict that flipped (None: none yet).
         self.bursts: dict[tuple[str, str], tuple[BurstState, BurstRecord | None]] = {}
         self.retries: dict[Key, Retry] = {}
-        self._rendered: dict[str, tuple[tuple[Any, ...], DesiredTier | TierInvalid]] = {}  # by tier uid
+        self._rendered: dict[str, tuple[tuple[Any, ...], DesiredTier | Unservable]] = {}  # by tier uid
         self.metrics = metrics or OperatorMetrics()
         # Only the leader reconciles (set at once when there is no election); followers keep the store warm.
         self.leading = asyncio.Event()
@@ -239,6 +239,9 @@ class Controller:
             TIERS: self.reconcile_tier, POLICIES: self.reconcile_policy}
         try:
             await passes[key[0]](body)
+        except Unservable as error:  # retrying cannot help: wait for the object to change
+            self.retries.setdefault(key, Retry()).given_up_at_generation = _generation(body)
+            await self._report(key, body, error.reason, str(error), invalid=True)
         except Exception as error:
             if self.transient(error):
                 self._failed(key, body, give_up=False)
@@ -251,7 +254,7 @@ class Controller:
                 return
             log.exception("%s %s/%s: reconcile failed", key[0], key[1], key[2])
             self._failed(key, body, give_up=False)
-            await self._write_failure(key, body, c.RECONCILE_FAILED, f"reconcile failed: {error}")
+            await self._report(key, body, c.RECONCILE_FAILED, f"reconcile failed: {error}", invalid=False)
         else:
             self.retries.pop(key, None)
 
@@ -263,13 +266,14 @@ class Controller:
             retry.given_up_at_generation = _generation(body)
         self.metrics.errors.labels(key[0], "no" if retry.given_up_at_generation is not None else "yes").inc()
 
-    async def _write_failure(self, key: Key, body: dict[str, Any], reason: str, message: str) -> None:
+    async def _report(self, key: Key, body: dict[str, Any], reason: str, message: str, *, invalid: bool) -> None:
+        """A failed pass in status: Invalid (fix the spec) or Degraded (an error), with one Event."""
         model: type[TierStatus] | type[PolicyStatus] = TierStatus if key[0] == TIERS else PolicyStatus
         existing = parse_status(model, body.get("status"))
-        status = failed_status(existing, _generation(body), reason, message, self._now(), invalid=False)
+        status = failed_status(existing, _generation(body), reason, message, self._now(), invalid=invalid)
         try:
             await self.write_status(key[0], body, status)
-        except Exception as error:  # the API is unwell too; the retry will say it again
+        except Exception as error:  # the API is unwell too; a retry or the next change says it again
             log.warning("%s %s/%s: cannot report the failure: %s", key[0], key[1], key[2], error)
 
     async def reconcile_tier(self, body: dict[str, Any]) -> None:
@@ -278,21 +282,10 @@ class Controller:
         loop = self.loops.get(meta.get("uid", ""))
         record = loop.record if loop is not None else None
         now = self._now()
-        try:
-            desired = self._desired_tier(body, record)
-        except TierInvalid as error:
-            await self._give_up(body, existing, error.reason, str(error))
-            return
+        desired = self._desired_tier(body, record)
         actual = self.get(RAYSERVICES, meta["namespace"], meta["name"])
         action = child_action(desired.child, actual)
-        try:
-            actual = await self._write_child(RAYSERVICES, desired.child.manifest, action) or actual
-        except Exception as error:
-            if (message := self.rejected(error)) is None:
-                raise
-            await self._give_up(body, existing, c.CHILD_REJECTED,
-                                f"the API server refused RayService {meta['name']}: {message}")
-            return
+        actual = await self._write_child(RAYSERVICES, desired.child.manifest, action) or actual
         if action.kind == "create" and actual is None:
             action = ChildAction("none")  # it exists already (409): the watch brings it, the next pass compares
         status = tier_status(desired, action, actual, existing, record, now)
@@ -306,26 +299,17 @@ class Controller:
         inputs = (meta.get("generation"), replicas, ((body.get("status") or {}).get("replicas") or {}).get("desired"))
         cached = self._rendered.get(meta.get("uid", ""))
         if cached is not None and cached[0] == inputs:
-            if isinstance(cached[1], TierInvalid):
+            if isinstance(cached[1], Unservable):
                 raise cached[1]
             return cached[1]
         try:
-            desired: DesiredTier | TierInvalid = desired_tier(body, replicas)
-        except TierInvalid as error:
+            desired: DesiredTier | Unservable = desired_tier(body, replicas)
+        except Unservable as error:
             desired = error
         self._rendered[meta.get("uid", "")] = (inputs, desired)
-        if isinstance(desired, TierInvalid):
+        if isinstance(desired, Unservable):
             raise desired
         return desired
-
-    async def _give_up(self, body: dict[str, Any], existing: TierStatus | PolicyStatus, reason: str,
-                       message: str) -> None:
-        meta = body["metadata"]
-        plural = TIERS if body.get("kind") == "InferenceTier" else POLICIES
-        retry = self.retries.setdefault((plural, meta["namespace"], meta["name"]), Retry())
-        retry.given_up_at_generation = _generation(body)
-        status = failed_status(existing, _generation(body), reason, message, self._now(), invalid=True)
-        await self.write_status(plural, body, status)
 
     async def _write_child(self, plural: str, manifest: dict[str, Any], action: ChildAction
                            ) -> dict[str, Any] | None:
@@ -333,11 +317,17 @@ class Controller:
         if action.kind == "none":
             return None
         self.metrics.writes.labels(plural).inc()
-        if action.kind == "create":
-            written = await self.writer.create(plural, manifest)
-        else:
-            written = await self.writer.patch(plural, manifest["apiVersion"], meta["namespace"], meta["name"],
-                                              action.patch)
+        try:
+            if action.kind == "create":
+                written = await self.writer.create(plural, manifest)
+            else:
+                written = await self.writer.patch(plural, manifest["apiVersion"], meta["namespace"], meta["name"],
+                                                  action.patch)
+        except Exception as error:
+            if (message := self.rejected(error)) is None:
+                raise
+            raise Unservable(c.CHILD_REJECTED,
+                             f"the API server refused {manifest['kind']} {meta['name']}: {message}") from None
         if written is not None:
             self.objects[(plural, meta["namespace"], meta["name"])] = written
         return written
@@ -345,31 +335,19 @@ class Controller:
     async def reconcile_policy(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
         existing = parse_status(PolicyStatus, body.get("status"))
-        try:
-            policy = parse_policy(body)
-        except TierInvalid as error:
-            await self._give_up(body, existing, error.reason, str(error))
-            return
+        policy = parse_policy(body)
         bodies = self.of_kind(TIERS, meta["namespace"])
         burst = self.bursts.get((meta["namespace"], meta["name"]))
         bursting = burst[0].active if burst else bool(((body.get("status") or {}).get("burst") or {}).get("active"))
         try:
             config, _ = router_config(policy, parse_tiers(bodies), bursting=bursting)
         except RouterConfigRejected as error:
-            await self._give_up(body, existing, c.ROUTER_REJECTED, str(error))
-            return
+            raise Unservable(c.ROUTER_REJECTED, str(error)) from None
         events = []
         for child in render_router_objects(policy, config, default_image=self.router_image):
             plural = ROUTER_KINDS[child.kind]
             action = object_action(child, self.get(plural, meta["namespace"], child.name))
-            try:
-                await self._write_child(plural, child.body, action)
-            except Exception as error:
-                if (message := self.rejected(error)) is None:
-                    raise
-                await self._give_up(body, existing, c.CHILD_REJECTED,
-                                    f"the API server refused {child.kind} {child.name}: {message}")
-                return
+            await self._write_child(plural, child.body, action)
             if action.kind != "none":
                 verb = "Created" if action.kind == "create" else "Updated"
                 why = f" ({action.why})" if action.why else ""

@@ -70,8 +70,8 @@ class DesiredTier:
     child: RenderedRayService
 
 
-class TierInvalid(ValueError):
-    """The tier cannot be served as written; `reason` is the condition reason."""
+class Unservable(ValueError):
+    """An object cannot be served as written (retrying cannot help); `reason` is the Invalid condition's."""
 
     def __init__(self, reason: str, message: str) -> None:
         self.reason = reason
@@ -79,7 +79,7 @@ class TierInvalid(ValueError):
 
 
 def desired_tier(body: Mapping[str, Any], autoscaled_replicas: int | None) -> DesiredTier:
-    """Parse, plan and render a tier. Raises TierInvalid.
+    """Parse, plan and render a tier. Raises Unservable.
 
     `autoscaled_replicas` is the autoscaler's recorded choice (honoured only when autoscaling is on);
     without one, the replicas last written to status hold, so a restart does not reset a scaled tier.
@@ -89,9 +89,9 @@ def desired_tier(body: Mapping[str, Any], autoscaled_replicas: int | None) -> De
         assert isinstance(tier, InferenceTier)
         plan = plan_capacity(tier.spec)
     except InvalidObject as error:
-        raise TierInvalid(c.INVALID_SPEC, "; ".join(error.problems)) from None
+        raise Unservable(c.INVALID_SPEC, "; ".join(error.problems)) from None
     except PlanError as error:
-        raise TierInvalid(c.DOES_NOT_FIT, str(error)) from None
+        raise Unservable(c.DOES_NOT_FIT, str(error)) from None
     if autoscaled_replicas is None:
         autoscaled_replicas = ((body.get("status") or {}).get("replicas") or {}).get("desired")
     replicas = desired_replicas(tier.spec, autoscaled_replicas)
@@ -128,12 +128,14 @@ def child_action(desired: RenderedRayService, actual: Mapping[str, Any] | None) 
     if not contains(actual.get("metadata") or {}, metadata) or not contains(
             without_replica_counts(actual), desired.comparable):
         return ChildAction("update", update, "edited outside the operator")
-    if replica_fields(actual) != desired.replicas:
+    actual_replicas = replica_fields(actual)
+    if actual_replicas != desired.replicas:
+        # A rescale writes serveConfigV2 (the deployments override); worker bounds only when they changed.
         spec = manifest["spec"]
-        return ChildAction("rescale", {"spec": {
-            "serveConfigV2": spec["serveConfigV2"],
-            "rayClusterConfig": {"workerGroupSpecs": spec["rayClusterConfig"]["workerGroupSpecs"]},
-        }})
+        patch: dict[str, Any] = {"serveConfigV2": spec["serveConfigV2"]}
+        if actual_replicas["workerGroups"] != desired.replicas["workerGroups"]:
+            patch["rayClusterConfig"] = {"workerGroupSpecs": spec["rayClusterConfig"]["workerGroupSpecs"]}
+        return ChildAction("rescale", {"spec": patch})
     return ChildAction("none")
 
 
@@ -306,11 +308,11 @@ class BurstRecord:
 
 
 def parse_policy(body: Mapping[str, Any]) -> RoutingPolicy:
-    """Raises TierInvalid (the same reasons apply to policies)."""
+    """Raises Unservable."""
     try:
         policy = parse_spec(body)
     except InvalidObject as error:
-        raise TierInvalid(c.INVALID_SPEC, "; ".join(error.problems)) from None
+        raise Unservable(c.INVALID_SPEC, "; ".join(error.problems)) from None
     assert isinstance(policy, RoutingPolicy)
     return policy
 
