@@ -7,7 +7,6 @@ afterwards a quiet minute shows 0 writes at the emulator.
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import time
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 from bed import EmulatorProcess, OperatorProcess, eventually
+from mutations import mutate
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,14 +82,6 @@ POLICY_VALUES: dict[str, list[Any]] = {
 }
 
 
-def mutate(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    obj = copy.deepcopy(base)
-    *parents, last = path.split(".")
-    node = obj
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[last] = value
-    return obj
 
 
 def cases() -> list[tuple[str, str, dict[str, Any], list[str]]]:

@@ -9,7 +9,6 @@ and the generator refuses to write JSON Schema 2020 forms a real API server cann
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -18,6 +17,7 @@ from typing import Annotated, Any
 
 import pytest
 import yaml
+from mutations import DELETE, mutate
 from pydantic import BaseModel, Field
 from tiered_operator.api.crd_validation import apply_defaults, schema_errors, validate_object
 from tiered_operator.api.crds import all_crds, inference_tier_crd, openapi_schema, routing_policy_crd
@@ -61,23 +61,8 @@ POLICY: dict[str, Any] = {
         "burst": {"from": "triage", "to": "frontier"},
     },
 }
-DELETE = object()
 
 
-def mutate(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    """A copy of `base` with one dotted path set (list indexes as numbers) or deleted."""
-    obj = copy.deepcopy(base)
-    *parents, last = path.split(".")
-    node = obj
-    for key in parents:
-        node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
-    if value is DELETE:
-        del node[last]
-    elif isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
-    return obj
 
 
 def errors(crd: dict[str, Any], obj: dict[str, Any]) -> list[str]:

@@ -6,12 +6,12 @@ server (here `crd_validation`, its offline stand-in) must answer with.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from mutations import DELETE, mutate
 from tiered_operator.api.crd_validation import apply_defaults, validate_object
 from tiered_operator.api.crds import all_crds, dump, inference_tier_crd, routing_policy_crd
 
@@ -43,22 +43,8 @@ POLICY: dict[str, Any] = {
 }
 
 
-def mutate(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    obj = copy.deepcopy(base)
-    *parents, last = path.split(".")
-    node = obj
-    for key in parents:
-        node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
-    if value is DELETE:
-        del node[last]
-    elif isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
-    return obj
 
 
-DELETE = object()
 
 
 def errors(crd: dict[str, Any], obj: dict[str, Any]) -> list[str]:
