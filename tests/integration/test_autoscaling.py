@@ -62,7 +62,8 @@ def num_replicas(emulator: EmulatorProcess) -> int | None:
     if rayservice is None:
         return None
     app = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"][0]
-    return app["args"]["llm_configs"][0]["deployment_config"]["num_replicas"]
+    count: int = app["deployments"][0]["num_replicas"]  # the deployments override, never the app's args
+    return count
 
 
 def router_burst(emulator: EmulatorProcess) -> bool:

@@ -32,6 +32,12 @@ def serve_config(rayservice: dict[str, Any]) -> dict[str, Any]:
     return yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"][0]
 
 
+def num_replicas(rayservice: dict[str, Any]) -> int:
+    """The replica count the operator wrote: the app's deployments override (never its args)."""
+    count: int = serve_config(rayservice)["deployments"][0]["num_replicas"]
+    return count
+
+
 def apply_examples(emulator: EmulatorProcess) -> None:
     emulator.kubectl("apply", "--validate=false", "-f", str(ROOT / "crds"))
     emulator.kubectl("apply", "--validate=false", "-f", str(ROOT / "examples"))
@@ -92,13 +98,13 @@ def test_changes_patch_the_child_and_a_steady_state_writes_nothing(
     # A second pass with no change: zero writes, though every object is reconciled each second.
     assert settled_writes(emulator, passes=4) == 0
 
-    # A replica change rescales in place: same spec hash, new counts.
+    # A replica change rescales in place: same spec hash and app args, new counts in the deployments override
+    # and new worker bounds for the Ray autoscaler (6 replicas at 4 per H100: at least 2 workers).
     emulator.kubectl("patch", "itier", "triage", "--type=merge", "-p", '{"spec":{"replicas":{"min":6}}}')
-    rescaled = eventually(lambda: (r := get(emulator, "rayservice", "triage"))
-                          and serve_config(r)["args"]["llm_configs"][0]["deployment_config"]["num_replicas"] == 6
-                          and r)
+    rescaled = eventually(lambda: (r := get(emulator, "rayservice", "triage")) and num_replicas(r) == 6 and r)
     assert rescaled["metadata"]["annotations"][SPEC_HASH_ANNOTATION] == first_hash
-    assert rescaled["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] == 2
+    assert serve_config(rescaled)["args"] == serve_config(first)["args"]
+    assert rescaled["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["minReplicas"] == 2
 
     # A model change updates the child: new hash, new engine arguments.
     emulator.kubectl("patch", "itier", "triage", "--type=merge", "-p", '{"spec":{"model":{"maxModelLen":4096}}}')
@@ -192,11 +198,12 @@ def test_kubectl_scale_drives_a_tier_without_autoscaling(
     emulator: EmulatorProcess, operator: OperatorProcess
 ) -> None:
     apply_examples(emulator)  # edge: autoscaling off, replicas 1-4
-    eventually(lambda: get(emulator, "rayservice", "edge"))
+    before = eventually(lambda: get(emulator, "rayservice", "edge"))
     emulator.kubectl("scale", "itier", "edge", "--replicas=3")
-    rayservice = eventually(lambda: (r := get(emulator, "rayservice", "edge"))
-                            and serve_config(r)["deployments"][0]["num_replicas"] == 3 and r)
-    assert rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] == 3
+    rayservice = eventually(lambda: (r := get(emulator, "rayservice", "edge")) and num_replicas(r) == 3 and r)
+    # Only the deployments override moved: the Ray autoscaler adds the worker pods.
+    assert rayservice["spec"]["rayClusterConfig"] == before["spec"]["rayClusterConfig"]
+    assert serve_config(rayservice)["args"] == serve_config(before)["args"]
     tier = eventually(lambda: (t := get(emulator, "itier", "edge")) and t["status"]["replicas"]["desired"] == 3 and t)
     assert tier["spec"]["replicas"]["desired"] == 3
     result = emulator.kubectl("scale", "itier", "edge", "--replicas=9", check=False)

@@ -163,6 +163,7 @@ def test_child_action_repairs_drift_anywhere_but_ignores_server_defaults() -> No
 
     defaulted = copy.deepcopy(actual)  # what a server adds is not drift
     defaulted["spec"]["upgradeStrategy"] = {"type": "NewCluster"}
+    defaulted["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] = 0  # CRD default; ours is unset
     defaulted["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0][
         "imagePullPolicy"] = "IfNotPresent"
     defaulted["metadata"]["resourceVersion"] = "7"

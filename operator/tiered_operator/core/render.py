@@ -1,8 +1,14 @@
 """Rendering: an InferenceTier and its capacity plan → the KubeRay `RayService` (ray.io/v1) that runs it.
 
 vLLM tiers run Ray Serve LLM (`ray.serve.llm:build_openai_app`) with one LLMConfig; llama-cpp tiers run
-`tiered_serving.llama_cpp:build_app`. The RayService carries a spec-hash annotation computed with every
-replica count blanked, so scaling (which rewrites only `num_replicas` and the worker-group bounds) never
+`tiered_serving.llama_cpp:build_app`. How scaling reaches Ray (checked against KubeRay 1.7 and Ray 2.60):
+- the replica count lives only in the application's `deployments: [{name, num_replicas}]` override, never
+  in its `args`: Ray Serve hashes `args` into the app's code version, so a count there restarts every
+  engine, while an override change only adds or removes replicas;
+- worker pods come from KubeRay's in-tree Ray autoscaler (`enableInTreeAutoscaling`) within the plan's
+  worker bounds, as Serve asks for replicas; KubeRay leaves a RayService's worker `replicas`/`minReplicas`/
+  `maxReplicas` out of its change check, so the render writes no worker count at all.
+The RayService carries a spec-hash annotation computed with every replica count blanked, so scaling never
 changes the hash, and a hash change always means "the spec changed: update the child".
 
 Pure: typed input, plain dicts out, stable key order.
@@ -10,6 +16,7 @@ Pure: typed input, plain dicts out, stable key order.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -31,6 +38,9 @@ APP_NAME = "llm"
 VLLM_IMPORT_PATH = "ray.serve.llm:build_openai_app"
 LLAMA_CPP_IMPORT_PATH = "tiered_serving.llama_cpp:build_app"
 LLAMA_CPP_DEPLOYMENT = "LlamaCppServer"
+# Ray Serve LLM names the engine deployment `LLMServer:<model_id>` ("/" → "--", "." → "_"):
+# ray.llm._internal.serve.core.server.builder (build_llm_deployment, _get_deployment_name).
+VLLM_DEPLOYMENT_PREFIX = "LLMServer:"
 SERVING_IMAGE = "ghcr.io/tiered-dev/tiered-serving"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_PRODUCTS = {"H100": "NVIDIA-H100-80GB-HBM3", "H200": "NVIDIA-H200", "B200": "NVIDIA-B200"}
@@ -38,7 +48,13 @@ GPU_RESOURCE = "nvidia.com/gpu"
 SERVE_PORT = 8000
 WORKER_GROUP = "workers"
 MODEL_MOUNT = "/models"
-VLLM_QUANTIZATION = {"awq": "awq", "gptq": "gptq", "fp8": "fp8"}
+# Ray's object store and NCCL use shared memory; a container's default /dev/shm is 64 MiB.
+SHM_VOLUME = {"name": "dshm", "emptyDir": {"medium": "Memory"}}
+SHM_MOUNT = {"name": "dshm", "mountPath": "/dev/shm"}
+# The Ray autoscaler sidecar on the head (KubeRay's defaults, written out so quotas see them).
+AUTOSCALER_RESOURCES = {"cpu": "500m", "memory": "512Mi"}
+# How long an idle worker pod is kept: a GPU worker takes minutes to come back (image pull, weights load).
+IDLE_TIMEOUT_SECONDS = {"gpu": 300, "cpu": 60}
 
 
 def default_image(spec: InferenceTierSpec) -> str:
@@ -46,7 +62,9 @@ def default_image(spec: InferenceTierSpec) -> str:
         return spec.image
     if spec.engine == "llama-cpp":
         return f"{SERVING_IMAGE}:ray{spec.ray_version}"
-    return f"rayproject/ray-llm:{spec.ray_version}-py311-cu128"
+    # Ray builds ray-llm images for Python 3.12 on CUDA 13.0 (docker/ray-llm/cuda.wanda.yaml); vLLM 0.29, which
+    # Ray 2.60 pins, is built for CUDA 13.
+    return f"rayproject/ray-llm:{spec.ray_version}-py312-cu130"
 
 
 def endpoint(name: str, namespace: str) -> str:
@@ -86,10 +104,27 @@ def _secret_env(spec: InferenceTierSpec) -> list[dict[str, Any]]:
     return [{"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
 
 
+def llm_deployment_name(model_id: str) -> str:
+    """The name Ray Serve LLM's `build_openai_app` gives the engine deployment of `model_id`."""
+    return VLLM_DEPLOYMENT_PREFIX + model_id.replace("/", "--").replace(".", "_")
+
+
+def _replica_override(name: str, spec: InferenceTierSpec, replicas: int) -> dict[str, Any]:
+    """The app's `deployments` entry, the only place scaling rewrites. `autoscaling_config: null`: the operator
+    owns the count, and Ray Serve LLM otherwise gives its deployment a Serve autoscaling config (one replica)
+    that wins over `num_replicas`."""
+    return {
+        "name": name,
+        "num_replicas": replicas,
+        "max_ongoing_requests": spec.max_ongoing_requests,
+        "autoscaling_config": None,
+    }
+
+
 def serve_application(spec: InferenceTierSpec, plan: CapacityPlan, replicas: int) -> dict[str, Any]:
-    """The one Ray Serve application of a tier, in KubeRay's serveConfigV2 format."""
+    """The one Ray Serve application of a tier, in KubeRay's serveConfigV2 format. `args` (the app's code
+    version) do not depend on `replicas`; only the `deployments` override does."""
     model_source, _, _ = _model_location(spec)
-    deployment = {"num_replicas": replicas, "max_ongoing_requests": spec.max_ongoing_requests}
     if spec.engine == "llama-cpp":
         return {
             "name": APP_NAME,
@@ -103,37 +138,40 @@ def serve_application(spec: InferenceTierSpec, plan: CapacityPlan, replicas: int
             },
             "deployments": [
                 {
-                    "name": LLAMA_CPP_DEPLOYMENT,
-                    **deployment,
+                    **_replica_override(LLAMA_CPP_DEPLOYMENT, spec, replicas),
                     "ray_actor_options": {"num_cpus": plan.cpus_per_replica},
                 }
             ],
         }
+    # No `quantization`: awq, gptq and fp8 checkpoints carry their quantization_config, which vLLM reads and
+    # maps to its fastest kernel; an explicit value can only disagree with it (api.model.ModelSpec).
     engine_kwargs: dict[str, Any] = {
         "dtype": "auto",
         "max_model_len": spec.model.max_model_len,
         "gpu_memory_utilization": plan.engine_memory_utilization,
         "tensor_parallel_size": plan.tensor_parallel_size,
     }
-    if spec.model.quantization in VLLM_QUANTIZATION:
-        engine_kwargs["quantization"] = VLLM_QUANTIZATION[spec.model.quantization]
     llm_config: dict[str, Any] = {
         "model_loading_config": {"model_id": spec.model.id, "model_source": model_source},
         "accelerator_type": spec.accelerator.type,
         "engine_kwargs": engine_kwargs,
-        "deployment_config": deployment,
     }
     if plan.replicas_per_gpu > 1:
-        # Several engines share one GPU: each asks Ray for its fraction, not a whole device.
+        # Several engines share one GPU (experimental, as in Ray's fractional-GPU guide): each asks Ray for its
+        # fraction (Ray sets VLLM_RAY_PER_WORKER_GPUS from the bundle), runs eagerly (no CUDA-graph memory),
+        # and skips vLLM's shared compile cache, which co-located engines contend for.
+        engine_kwargs["enforce_eager"] = True
         llm_config["placement_group_config"] = {
             "bundles": [{"CPU": 1, "GPU": plan.gpus_per_replica}],
             "strategy": "PACK",
         }
+        llm_config["runtime_env"] = {"env_vars": {"VLLM_DISABLE_COMPILE_CACHE": "1"}}
     return {
         "name": APP_NAME,
         "import_path": VLLM_IMPORT_PATH,
         "route_prefix": "/",
         "args": {"llm_configs": [llm_config]},
+        "deployments": [_replica_override(llm_deployment_name(spec.model.id), spec, replicas)],
     }
 
 
@@ -186,9 +224,16 @@ def _head_group(image: str) -> dict[str, Any]:
     }
 
 
-def _worker_group(
-    tier: InferenceTier, plan: CapacityPlan, image: str, replicas: int
-) -> dict[str, Any]:
+def _autoscaler_options(plan: CapacityPlan) -> dict[str, Any]:
+    return {
+        "version": "v2",
+        "upscalingMode": "Default",  # Serve asks for exactly the replicas the operator chose: no rate limit
+        "idleTimeoutSeconds": IDLE_TIMEOUT_SECONDS["gpu" if plan.on_gpu else "cpu"],
+        "resources": {"limits": dict(AUTOSCALER_RESOURCES), "requests": dict(AUTOSCALER_RESOURCES)},
+    }
+
+
+def _worker_group(tier: InferenceTier, plan: CapacityPlan, image: str) -> dict[str, Any]:
     spec = tier.spec
     resources = _worker_resources(plan)
     _, volumes, mounts = _model_location(spec)
@@ -199,8 +244,7 @@ def _worker_group(
     }
     if env := _secret_env(spec):
         container["env"] = env
-    if mounts:
-        container["volumeMounts"] = mounts
+    container["volumeMounts"] = [*mounts, dict(SHM_MOUNT)]
     pod_spec: dict[str, Any] = {"containers": [container]}
     node_selector = dict(spec.node_selector)
     tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations]
@@ -211,14 +255,13 @@ def _worker_group(
         pod_spec["nodeSelector"] = node_selector
     if tolerations:
         pod_spec["tolerations"] = tolerations
-    if volumes:
-        pod_spec["volumes"] = volumes
+    pod_spec["volumes"] = [*volumes, copy.deepcopy(SHM_VOLUME)]
     start_params = {"num-cpus": resources["cpu"]}
     if plan.on_gpu:
         start_params["num-gpus"] = resources[GPU_RESOURCE]
+    # No `replicas`: the Ray autoscaler owns the pod count within these bounds.
     return {
         "groupName": WORKER_GROUP,
-        "replicas": worker_pods(plan, replicas),
         "minReplicas": worker_pods(plan, spec.replicas.min),
         "maxReplicas": worker_pods(plan, spec.replicas.max),
         "numOfHosts": 1,
@@ -241,19 +284,22 @@ def _load_serve_config(text: str) -> Any:
     return yaml.load(text, Loader=yaml.CSafeLoader)
 
 
-def _deployment_options(app: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The dicts holding `num_replicas` in one serveConfigV2 application."""
-    llm_configs = (app.get("args") or {}).get("llm_configs", [])
-    return [llm.get("deployment_config") or {} for llm in llm_configs] + list(app.get("deployments", []))
+def _without_num_replicas(config: Any) -> Any:
+    """A serveConfigV2 with the deployments overrides' `num_replicas` left out (a copy); `args` stay whole.
+    Anything not shaped like a serve config (a hand edit) is returned as it is, to be repaired."""
+    def app_without(app: Any) -> Any:
+        if not isinstance(app, Mapping) or not isinstance(app.get("deployments"), list):
+            return app
+        deployments = [
+            {key: value for key, value in deployment.items() if key != "num_replicas"}
+            if isinstance(deployment, Mapping) else deployment
+            for deployment in app["deployments"]
+        ]
+        return {**app, "deployments": deployments}
 
-
-def _without_num_replicas(value: Any) -> Any:
-    """A serveConfigV2 structure with every `num_replicas` left out (a copy)."""
-    if isinstance(value, Mapping):
-        return {key: _without_num_replicas(item) for key, item in value.items() if key != "num_replicas"}
-    if isinstance(value, list):
-        return [_without_num_replicas(item) for item in value]
-    return value
+    if not isinstance(config, Mapping) or not isinstance(config.get("applications"), list):
+        return config
+    return {**config, "applications": [app_without(app) for app in config["applications"]]}
 
 
 def _serve_config_of(spec: Mapping[str, Any]) -> Any:
@@ -285,10 +331,11 @@ def replica_fields(rayservice: Mapping[str, Any]) -> dict[str, Any]:
     serve = [
         deployment.get("num_replicas")
         for app in config.get("applications", [])
-        for deployment in _deployment_options(app)
+        for deployment in app.get("deployments", [])
     ]
+    # Not `replicas`: the render writes none (the server defaults it, the Ray autoscaler owns the RayCluster's).
     groups = [
-        {key: group.get(key) for key in ("groupName", "replicas", "minReplicas", "maxReplicas")}
+        {key: group.get(key) for key in ("groupName", "minReplicas", "maxReplicas")}
         for group in (spec.get("rayClusterConfig") or {}).get("workerGroupSpecs", [])
     ]
     return {"numReplicas": serve, "workerGroups": groups}
@@ -339,8 +386,10 @@ def render_tier(tier: InferenceTier, plan: CapacityPlan, replicas: int) -> Rende
             "serveConfigV2": config,
             "rayClusterConfig": {
                 "rayVersion": spec.ray_version,
+                "enableInTreeAutoscaling": True,
+                "autoscalerOptions": _autoscaler_options(plan),
                 "headGroupSpec": _head_group(image),
-                "workerGroupSpecs": [_worker_group(tier, plan, image, replicas)],
+                "workerGroupSpecs": [_worker_group(tier, plan, image)],
             },
         },
     }
