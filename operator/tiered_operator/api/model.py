@@ -134,7 +134,12 @@ class ModelSpec(Spec):
         description="Parameter count with unit, e.g. 8B, 0.5B or 135M (sizes the plan): at most 5 digits, "
         "3 decimals.",
     )
-    quantization: Quantization = Field(default="none", description="Weight quantization format.")
+    quantization: Quantization = Field(
+        default="none",
+        description="Format the weights at `source` are stored in: awq, gptq or fp8 for a checkpoint already "
+        "quantized (it carries its quantization_config, which vLLM reads itself, so none is passed; 16-bit "
+        "weights are not quantized on load), gguf for llama-cpp, none for 16-bit weights.",
+    )
     bits: Literal[4, 8, 16] = Field(default=16, description="Bits per weight after quantization.")
     max_model_len: int = Field(
         default=8192, ge=256, le=1_048_576, description="Longest context (prompt + output) in tokens."
@@ -200,7 +205,9 @@ class AcceleratorSpec(Spec):
     gpus_per_replica: GpusPerReplica = Field(
         default="auto",
         description="GPUs per replica: 'auto' (planned from model size), a fraction < 1 as a string "
-        "(\"0.5\") to pack several replicas per GPU, or a whole number (1, 2, 4, 8) for tensor parallelism.",
+        "(\"0.5\") to pack several replicas per GPU, or a whole number (1, 2, 4, 8) for tensor parallelism. "
+        "Packed replicas (a fraction, or what auto plans for a small model) are experimental (Ray's fractional-GPU "
+        "serving): their engines run in eager mode.",
     )
     memory_utilization: float = Field(
         default=0.9, ge=0.1, le=0.98, description="Share of each GPU's memory the engine may use."
