@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from tiered_operator.api import conditions as c
 from tiered_operator.api.model import API_VERSION
@@ -175,11 +175,14 @@ class Controller:
         self.metrics.leader.set(1 if leading else 0)
         if leading:
             self.leading.set()
-            for key in list(self.objects):
-                if key[0] in (TIERS, POLICIES):
-                    self.enqueue(key)
+            self._enqueue_all()
         else:
             self.leading.clear()
+
+    def _enqueue_all(self) -> None:
+        for key in list(self.objects):
+            if key[0] in (TIERS, POLICIES):
+                self.enqueue(key)
 
     async def run(self) -> None:
         """Workers plus the resync and retry scheduler; runs until cancelled."""
@@ -201,9 +204,7 @@ class Controller:
                     self.enqueue(key)
             if now >= next_resync:
                 next_resync = now + self.resync_seconds
-                for key in list(self.objects):
-                    if key[0] in (TIERS, POLICIES):
-                        self.enqueue(key)
+                self._enqueue_all()
 
     async def _work(self) -> None:
         while True:
@@ -213,6 +214,8 @@ class Controller:
             self._active.add(key)
             try:
                 await self.reconcile(key)
+            except Exception:  # reconcile reports its own errors; this is a bug in that reporting
+                log.exception("%s %s/%s: unreported failure", *key)
             finally:
                 self._active.discard(key)
                 if key in self._dirty:
@@ -404,5 +407,3 @@ def _status_summary(body: Mapping[str, Any]) -> tuple[Any, ...]:
                  None)
     return ready, status.get("endpoint")
 
-
-EventType = Literal["ADDED", "MODIFIED", "DELETED"]
