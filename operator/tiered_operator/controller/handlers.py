@@ -1,9 +1,9 @@
 """kopf wiring: every decorator of the operator lives here, each delegating to the controller in a line.
 
-Run with `tiered operator`. kopf watches tiers, policies and their children and hands each event to `Controller.observe`;
-the controller's workers reconcile from that in-memory store, so a resync costs no API reads, and a
-reconcile that finds nothing to change writes nothing. There are no kopf timers or change handlers:
-they would add a finalizer and kopf's own bookkeeping writes to every tier.
+Run with `tiered operator`. kopf watches tiers, policies and their children and hands each event to
+`Controller.observe`; the controller's workers reconcile from that in-memory store, so a resync costs no
+API reads, and a reconcile that finds nothing to change writes nothing. There are no kopf timers or change
+handlers: they would add a finalizer and kopf's own bookkeeping writes to every tier.
 """
 
 from __future__ import annotations
