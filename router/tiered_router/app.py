@@ -25,20 +25,26 @@ import httpx
 from aiohttp import web
 
 from tiered_router import auth, cost, forward
-from tiered_router.config import AUTO_MODEL
+from tiered_router.attribution import ATTRIBUTION_KEYS, UNKNOWN, attribute, label
+from tiered_router.config import AUTO_MODEL, normalise_task
 from tiered_router.openapi import openapi_document
 from tiered_router.policy import UNKNOWN_MODEL, LiveState, RequestFeatures, choose_tier, estimate_tokens
 from tiered_router.state import RouterState, Snapshot
 
-UNKNOWN = "unknown"
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 SSE_TAIL_BYTES = 16384  # the usage event is small and comes last; keep only the end of each stream
+SSE_HOLD_BYTES = 65536  # partial events held back while filtering: never more than this (then passed on)
 
 
 def error_response(
-    status: int, message: str, kind: str, code: str | None = None, headers: dict[str, str] | None = None
+    status: int,
+    message: str,
+    kind: str,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+    param: str | None = None,
 ) -> web.Response:
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return web.Response(body=json.dumps(body).encode(), status=status, content_type="application/json", headers=headers)
 
 
@@ -69,14 +75,16 @@ class Reject(Exception):
         code: str,
         tier: str = "none",
         retry_after: int | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.code, self.tier = status, message, kind, code, tier
+        self.param = param
         self.headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
 
 
-def _bad_request(message: str) -> Reject:
-    return Reject(400, message, "invalid_request_error", "bad_request")
+def _bad_request(message: str, param: str | None) -> Reject:
+    return Reject(400, message, "invalid_request_error", "bad_request", param=param)
 
 
 UNAUTHORIZED = ("missing or invalid API key", "authentication_error", "invalid_api_key")
@@ -90,7 +98,10 @@ class Call:
     raw: bytes = b""
     body: dict[str, Any] = field(default_factory=dict)
     stream: bool = False
+    wants_usage: bool = False
+    """The client asked for the stream's usage chunk (`stream_options.include_usage`)."""
     text: str = ""
+    """Every message's text (prompt tokens are estimated from it)."""
     team: str = UNKNOWN
     feature: str = UNKNOWN
     reason: str = ""
@@ -99,48 +110,70 @@ class Call:
     sent: float = 0.0
 
     def payload_for(self, target: forward.Target) -> bytes:
-        """The body for one tier: the client's bytes unless the model name or stream options must change."""
+        """The body for one tier: the client's bytes unless the model name, stream options or (for an
+        external tier) tiered's attribution in `metadata` must change."""
         body = self.body
         changed = body.get("model") != target.model
         if self.stream and not (body.get("stream_options") or {}).get("include_usage"):
             # Ask for usage in the stream so streamed tokens are priced from real counts.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
             changed = True
+        metadata = body.get("metadata")
+        if target.external and metadata and not ATTRIBUTION_KEYS.isdisjoint(metadata):
+            # Team, feature, task and the private mark are ours: they do not leave for a third party.
+            body["model"] = target.model
+            kept = {k: v for k, v in metadata.items() if k not in ATTRIBUTION_KEYS}
+            outgoing = {k: v for k, v in body.items() if k != "metadata"}
+            if kept:
+                outgoing["metadata"] = kept
+            return json.dumps(outgoing).encode()
         if not changed:
             return self.raw
         body["model"] = target.model
         return json.dumps(body).encode()
 
 
-def _prompt_text(body: dict[str, Any], chat: bool) -> str:
-    """The prompt's text, checking only the shape routing relies on (the upstream validates the rest)."""
-    parts: list[str] = []
-    if chat:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise _bad_request("`messages` must be a non-empty array")
-        for message in messages:
-            if not isinstance(message, dict):
-                raise _bad_request("each message must be an object")
-            content = message.get("content")
-            if isinstance(content, str):
-                parts.append(content)
-            elif isinstance(content, list):
-                parts.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    else:
+SYSTEM_ROLES = frozenset({"system", "developer"})
+
+
+def _prompt_text(body: dict[str, Any], chat: bool) -> tuple[str, str, str]:
+    """(every message's text, the last user message, the system messages), checking only the shape routing
+    relies on (the upstream validates the rest). A text completion's prompt is all three but system."""
+    if not chat:
         prompt = body.get("prompt")
         if isinstance(prompt, str):
-            parts.append(prompt)
-        elif isinstance(prompt, list):
-            parts.extend(p for p in prompt if isinstance(p, str))
+            return prompt, prompt, ""
+        if isinstance(prompt, list):
+            text = "\n".join(p for p in prompt if isinstance(p, str))
+            return text, text, ""
+        raise _bad_request("`prompt` must be a string or an array", "prompt")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad_request("`messages` must be a non-empty array", "messages")
+    parts: list[str] = []
+    system: list[str] = []
+    last_user = ""
+    for message in messages:
+        if not isinstance(message, dict):
+            raise _bad_request("each message must be an object", "messages")
+        content = message.get("content")
+        if isinstance(content, str):
+            text = content
+        elif isinstance(content, list):
+            text = "\n".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
         else:
-            raise _bad_request("`prompt` must be a string or an array")
-    return "\n".join(parts)
+            continue
+        parts.append(text)
+        role = message.get("role")
+        if role == "user":
+            last_user = text
+        elif role in SYSTEM_ROLES:
+            system.append(text)
+    return "\n".join(parts), last_user, "\n".join(system)
 
 
-def _label(value: Any) -> str | None:
-    # Team and feature become metric labels: bound their length (cardinality is the operator's call).
-    return value[:64] if isinstance(value, str) and value else None
+def _is_true(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() in TRUE_VALUES)
 
 
 class Handlers:
@@ -176,14 +209,16 @@ class Handlers:
     async def _answer(self, request: web.Request, call: Call, snap: Snapshot) -> web.StreamResponse:
         state = self.state
         try:
-            private, task, model = await self._read(request, snap, call)
-            features = RequestFeatures(model, estimate_tokens(len(call.text)), task, call.text, private)
+            private, task, model, last_user, system = await self._read(request, snap, call)
+            features = RequestFeatures(
+                model, estimate_tokens(len(call.text)), task, last_user, private, system, call.text
+            )
             live = LiveState(state.flight.count, state.breakers.open_until, time.monotonic())
             decision = choose_tier(features, snap.config, live)
             if decision.tier is None:
                 if decision.reason == UNKNOWN_MODEL:
                     message = f"model {model!r} does not exist; use a tier name or {AUTO_MODEL!r}"
-                    raise Reject(404, message, "invalid_request_error", "model_not_found")
+                    raise Reject(404, message, "invalid_request_error", "model_not_found", param="model")
                 raise Reject(
                     503,
                     "no tier can take this request now",
@@ -195,7 +230,7 @@ class Handlers:
                 decision.tier, snap.config.privacy.queue_limit, snap.config.privacy.queue_timeout_seconds
             ):
                 message = f"tier {decision.tier!r} is at its concurrency budget; private requests cannot overflow"
-                raise Reject(503, message, "service_unavailable", "private-queue-full", decision.tier, 1)
+                raise Reject(503, message, "service_unavailable", "private_queue_full", decision.tier, 1)
             try:
                 tier, response, call.sent = await state.upstream.open(
                     snap.config, snap.targets, decision.chain, call.chat, call.payload_for, snap.timeout
@@ -207,7 +242,9 @@ class Handlers:
                 ) from None
         except Reject as reject:
             state.metrics.requests.labels(reject.tier, call.team, call.feature, reject.code, str(reject.status)).inc()
-            reply = error_response(reject.status, reject.message, reject.kind, reject.code, reject.headers)
+            reply = error_response(
+                reject.status, reject.message, reject.kind, reject.code, reject.headers, reject.param
+            )
             if state.lifecycle.draining:
                 reply.force_close()
             return reply
@@ -218,8 +255,11 @@ class Handlers:
             await response.aclose()
             state.flight.leave(tier)
 
-    async def _read(self, request: web.Request, snap: Snapshot, call: Call) -> tuple[bool, str | None, str]:
-        """Authenticate, read and check the body, attribute; fills `call`, returns (private, task, model)."""
+    async def _read(self, request: web.Request, snap: Snapshot, call: Call) -> tuple[bool, str | None, str, str, str]:
+        """Authenticate, read and check the body, attribute; fills `call`.
+
+        Returns (private, task, model, last user message, system messages).
+        """
         config = snap.config
         headers = request.headers
         identity = None
@@ -241,31 +281,50 @@ class Handlers:
         try:
             body = json.loads(call.raw)
         except ValueError as error:
-            raise _bad_request(f"malformed JSON: {error}") from None
+            raise _bad_request(f"malformed JSON: {error}", None) from None
         if not isinstance(body, dict):
-            raise _bad_request("the body must be a JSON object")
+            raise _bad_request("the body must be a JSON object", None)
         model, stream, metadata = body.get("model"), body.get("stream", False), body.get("metadata", {})
         if not isinstance(model, str):
-            raise _bad_request("`model` must be a string")
+            raise _bad_request("`model` must be a string", "model")
         if not isinstance(stream, bool):
-            raise _bad_request("`stream` must be a boolean")
+            raise _bad_request("`stream` must be a boolean", "stream")
         if not isinstance(metadata, dict):
-            raise _bad_request("`metadata` must be an object")
-        call.body, call.stream, call.text = body, stream, _prompt_text(body, call.chat)
+            raise _bad_request("`metadata` must be an object", "metadata")
+        options = body.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            raise _bad_request("`stream_options` must be an object", "stream_options")
+        call.body, call.stream = body, stream
+        call.wants_usage = stream and bool(options and options.get("include_usage"))
+        call.text, last_user, system = _prompt_text(body, call.chat)
 
-        # A key's team wins over headers (a caller cannot claim another team's budget or privacy).
-        feature = _label(headers.get("x-tiered-feature")) or _label(metadata.get("feature"))
-        if identity is not None:
-            call.team, call.feature = identity.team, feature or identity.feature or UNKNOWN
-        else:
-            call.team = _label(headers.get("x-tiered-team")) or _label(metadata.get("team")) or UNKNOWN
-            call.feature = feature or UNKNOWN
-        task = headers.get("x-tiered-task") or metadata.get("task")
-        privacy = config.privacy
-        private = (
-            call.team in privacy.private_teams or headers.get(privacy.private_header, "").strip().lower() in TRUE_VALUES
+        # Attribution is bounded: a key's team wins over claims; features and label values are capped.
+        state = self.state
+        cap = snap.max_label_values
+        team_claim = None
+        if identity is None:
+            team_claim = label(headers.get("x-tiered-team")) or label(metadata.get("team"))
+        call.team, call.feature = attribute(
+            identity,
+            team_claim,
+            label(headers.get("x-tiered-feature")) or label(metadata.get("feature")),
+            snap.features,
+            state.labels,
+            cap,
         )
-        return private, task if isinstance(task, str) else None, model
+        raw_task = headers.get("x-tiered-task") or metadata.get("task")
+        task = (normalise_task(raw_task) or None) if isinstance(raw_task, str) else None
+        if task is not None and task not in snap.task_types:
+            state.metrics.unknown_tasks.labels(state.labels.bound("task", task[:64], cap)).inc()
+        privacy = config.privacy
+        # Privacy reads the claimed team, not its bounded label: a team counted as `other` is still private.
+        team = call.team if identity is not None else team_claim or UNKNOWN
+        private = (
+            team in privacy.private_teams
+            or headers.get(privacy.private_header, "").strip().lower() in TRUE_VALUES
+            or _is_true(metadata.get("private"))
+        )
+        return private, task, model, last_user, system
 
     async def _relay(
         self, request: web.Request, response: httpx.Response, snap: Snapshot, call: Call, tier: str
@@ -281,14 +340,9 @@ class Handlers:
             # httpx's per-chunk bookkeeping, which measured ~25 µs per response.
             data = b"".join([chunk async for chunk in response.stream])  # type: ignore[union-attr]
         except forward.UPSTREAM_ERRORS as error:
-            metrics.answered(tier, call.team, call.feature, "upstream_read", "502")
-            return error_response(
-                502,
-                f"upstream {tier!r} failed mid-response: {error!r}",
-                "upstream_error",
-                "upstream_read",
-                {"Retry-After": "1"},
-            )
+            code, message = _broken_off(tier, error, time.perf_counter() - call.sent, snap, "mid-response")
+            metrics.answered(tier, call.team, call.feature, code, "502")
+            return error_response(502, message, "upstream_error", code, {"Retry-After": "1"})
         finished = time.perf_counter()
         status = response.status_code
         if status == 200:
@@ -324,24 +378,36 @@ class Handlers:
         events = 0
         first = True
         status = "200"
+        # The usage chunk was asked for on the client's behalf: hold back partial events so it can be cut.
+        held: bytes | None = None if call.wants_usage else b""
+        last = time.perf_counter()
         try:
             async for chunk in response.stream:  # type: ignore[union-attr]
+                last = time.perf_counter()
                 if first:
-                    metrics.ttft.labels(tier).observe(time.perf_counter() - call.started)
+                    metrics.ttft.labels(tier).observe(last - call.started)
                     first = False
+                events += chunk.count(b"data:")
+                tail = (tail + chunk)[-SSE_TAIL_BYTES:]
+                out = chunk
+                if held is not None:
+                    out, held = _whole_events(held + chunk)
+                    if not out:
+                        continue
                 try:
-                    await reply.write(chunk)
+                    await reply.write(out)
                 except ConnectionError:
                     status = "499"  # the client went away: stop reading, closing the upstream stream
                     break
-                events += chunk.count(b"data:")
-                tail = (tail + chunk)[-SSE_TAIL_BYTES:]
+            if held:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await reply.write(cost.without_usage_events(held))
         except forward.UPSTREAM_ERRORS as error:
             # Too late to retry: tell the client in the stream (the openai SDK raises on an error event).
             status = "502"
-            message = f"upstream {tier!r} failed mid-stream: {error!r}"
+            code, message = _broken_off(tier, error, time.perf_counter() - last, snap, "mid-stream")
             with contextlib.suppress(ConnectionError, RuntimeError):  # the client may be gone too
-                await reply.write(sse_error(message, "upstream_error", "upstream_stream"))
+                await reply.write(sse_error(message, "upstream_error", code))
         except asyncio.CancelledError:
             if not self.state.lifecycle.cut:
                 raise
@@ -390,18 +456,30 @@ class Handlers:
         return web.Response(body=self.state.snapshot.models, content_type="application/json")
 
     async def costs(self, request: web.Request) -> web.Response:
+        # Tenancy: with API keys a key sees its own team's rows; an admin key (`admin: true`) sees all.
+        snap = self.state.snapshot
+        team = None
+        if snap.keys is not None:
+            identity = auth.identify(snap.keys, request.headers.get("Authorization"))
+            if identity is None:
+                return error_response(401, *UNAUTHORIZED)
+            team = None if identity.admin else identity.team
+        return web.json_response(self.state.ledger.summary(snap.config.baseline, team))
+
+    async def status(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return error_response(401, *UNAUTHORIZED)
-        summary = self.state.ledger.summary(self.state.snapshot.config.baseline)
-        return web.json_response(summary)
+        return web.json_response(self.state.status())
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
         # Ready = a config is loaded (the server listens only after that) and no drain has begun. Upstream
-        # health stays out of it: with every breaker open, all replicas would leave the Service at once and
-        # callers would get refused connections instead of a 503 with Retry-After.
+        # health stays out of it, private capacity included: every replica sees the same upstreams, so all
+        # would leave the Service at once and callers would get refused connections instead of a 503 with
+        # Retry-After, and non-private traffic the external tier could serve would be refused too. Private
+        # capacity is reported by `tiered_router_private_ready` and /v1/tiered/status instead.
         if self.state.lifecycle.draining:
             return web.json_response({"status": "draining"}, status=503)
         return web.json_response({"status": "ready"})
@@ -415,6 +493,27 @@ class Handlers:
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document(self.state.snapshot.config))
+
+
+def _whole_events(data: bytes) -> tuple[bytes, bytes]:
+    """(complete SSE events without usage-only ones, the incomplete rest to hold back)."""
+    lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+    end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+    if not end:  # no complete event yet
+        return (data, b"") if len(data) > SSE_HOLD_BYTES else (b"", data)
+    done, rest = data[:end], data[end:]
+    return (cost.without_usage_events(done) if b'"usage"' in done else done), rest
+
+
+def _broken_off(tier: str, error: Exception, silent: float, snap: Snapshot, where: str) -> tuple[str, str]:
+    """(code, message) for an upstream that stopped after its reply began: it went silent past the read
+    timeout (`upstream_timeout`) or it closed the connection / died (`upstream_disconnected`)."""
+    read_timeout = snap.config.timeouts.read_seconds
+    cause = error.__cause__ or error  # the transport's own exception says what happened on the wire
+    if isinstance(error, httpx.TimeoutException) and silent >= 0.9 * read_timeout:
+        message = f"upstream {tier!r} sent nothing for {silent:.1f} s {where} (timeouts.readSeconds {read_timeout:g})"
+        return "upstream_timeout", message
+    return "upstream_disconnected", f"upstream {tier!r} closed the connection {where}: {cause}"
 
 
 def _estimate_json(text: str, data: bytes) -> cost.Usage:
@@ -436,6 +535,7 @@ def build_app(state: RouterState, serve_metrics: bool = True) -> web.Application
     app.router.add_post("/v1/completions", handlers.completions)
     app.router.add_get("/v1/models", handlers.models)
     app.router.add_get("/v1/tiered/costs", handlers.costs)
+    app.router.add_get("/v1/tiered/status", handlers.status)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     if serve_metrics:

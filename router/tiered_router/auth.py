@@ -8,6 +8,9 @@ File format (either `key` in plain text, hashed at load and then dropped, or its
         feature: chatbot        # optional default feature
       - key: sk-legal-1
         team: legal
+      - key: sk-platform-1
+        team: platform
+        admin: true             # sees every team's rows in /v1/tiered/costs
 
 A request's Bearer token is hashed and looked up; comparing digests (not the keys) means a lookup's timing
 reveals nothing usable about a valid key. No file configured means the router is open.
@@ -26,6 +29,8 @@ import yaml
 class Identity:
     team: str
     feature: str | None = None
+    admin: bool = False
+    """May read every team's costs (others see their own team's rows only)."""
 
 
 def hash_key(key: str) -> str:
@@ -51,8 +56,10 @@ def load_keys(path: str | Path) -> dict[str, Identity]:
             digest = entry["sha256"].lower()
         else:
             raise ValueError(f"{path}: keys[{i}] needs `key` or a 64-hex-digit `sha256`")
-        feature = entry.get("feature")
-        keys[digest] = Identity(entry["team"], feature if isinstance(feature, str) else None)
+        feature, admin = entry.get("feature"), entry.get("admin", False)
+        if not isinstance(admin, bool):
+            raise ValueError(f"{path}: keys[{i}].admin must be true or false")
+        keys[digest] = Identity(entry["team"], feature if isinstance(feature, str) else None, admin)
     return keys
 
 

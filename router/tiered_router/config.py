@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 AUTO_MODEL = "auto"
@@ -55,7 +56,9 @@ class Tier(_Model):
     name: TierName = Field(description="The name clients use as `model`; also the metrics label.")
     kind: TierKind = Field(TierKind.LOCAL, description="`local` (self-hosted) or `external`.")
     base_url: str = Field(
-        alias="baseURL", pattern=r"^https?://", description="OpenAI-compatible base URL, ending in /v1."
+        alias="baseURL",
+        pattern=r"^https?://",
+        description="OpenAI-compatible API base, usually ending in /v1; the router appends /chat/completions.",
     )
     model: str | None = Field(None, description="Model name sent upstream; defaults to the tier name.")
     api_key_env: str | None = Field(
@@ -76,22 +79,71 @@ class Tier(_Model):
         return self.model or self.name
 
 
+class MatchScope(StrEnum):
+    """Which text of a chat request keyword and regex conditions look at (a text completion's prompt is all)."""
+
+    LAST_USER = "lastUser"
+    """The last message with role `user` (the default): what the caller is asking now."""
+    LAST_USER_AND_SYSTEM = "lastUserAndSystem"
+    """The system (and developer) messages and the last user message."""
+    CONVERSATION = "conversation"
+    """Every message's text."""
+
+
+def normalise_task(value: str) -> str:
+    """Task types compare case- and whitespace-insensitively: ` Extraction ` is `extraction`."""
+    return value.strip().lower()
+
+
+def keyword_pattern(keywords: list[str]) -> re.Pattern[str]:
+    """One case-insensitive pattern matching any keyword as whole words (`prove` not in "improve").
+
+    A keyword of several words matches them with any whitespace between; `\\w` boundaries on both sides,
+    written as lookarounds so keywords that start or end with punctuation (`c++`) still work.
+    """
+    bodies = [r"\s+".join(re.escape(word) for word in keyword.split()) for keyword in keywords]
+    return re.compile(r"(?<!\w)(?:" + "|".join(bodies) + r")(?!\w)", re.IGNORECASE)
+
+
 class Match(_Model):
-    """Conditions of a rule; all given conditions must hold. An empty match matches everything."""
+    """Conditions of a rule; all given conditions must hold. A match without any condition matches everything
+    and is accepted only on the last rule (on any other it would hide the rules after it)."""
 
     task_types: list[str] = Field(
-        default_factory=list, description="Task types (x-tiered-task header or metadata.task)."
+        default_factory=list,
+        description="Task types (x-tiered-task header or metadata.task), compared lower-cased and trimmed.",
     )
     min_prompt_tokens: int | None = Field(None, ge=0, description="Estimated prompt tokens at least this.")
     max_prompt_tokens: int | None = Field(None, ge=0, description="Estimated prompt tokens at most this.")
     keywords: list[str] = Field(
-        default_factory=list, description="Any of these words in the prompt (case-insensitive)."
+        default_factory=list,
+        description="Any of these as whole words, case-insensitive, in the text `scope` names.",
     )
-    regex: str | None = Field(None, description="Python regular expression searched in the prompt.")
+    regex: str | None = Field(None, description="Python regular expression searched in the text `scope` names.")
+    scope: MatchScope | None = Field(
+        None,
+        description="Text keywords and regex look at: lastUser (default), lastUserAndSystem or conversation.",
+    )
+
+    @field_validator("task_types")
+    @classmethod
+    def _normalise_tasks(cls, values: list[str]) -> list[str]:
+        if any(not v.strip() for v in values):
+            raise ValueError(f"taskTypes {values!r} holds an empty task type")
+        return [normalise_task(v) for v in values]
+
+    @field_validator("keywords")
+    @classmethod
+    def _no_empty_keywords(cls, values: list[str]) -> list[str]:
+        if any(not v.strip() for v in values):
+            raise ValueError(f"keywords {values!r} holds an empty keyword (it would match every request)")
+        return values
 
     @model_validator(mode="after")
     def _check(self) -> Match:
         if self.regex is not None:
+            if not self.regex:
+                raise ValueError("regex is empty (it would match every request)")
             try:
                 re.compile(self.regex)
             except re.error as error:
@@ -103,6 +155,25 @@ class Match(_Model):
         ):
             raise ValueError("minPromptTokens is greater than maxPromptTokens")
         return self
+
+    @property
+    def has_conditions(self) -> bool:
+        return bool(
+            self.task_types
+            or self.keywords
+            or self.regex is not None
+            or self.min_prompt_tokens is not None
+            or self.max_prompt_tokens is not None
+        )
+
+    @cached_property
+    def keyword_re(self) -> re.Pattern[str] | None:
+        """The compiled keyword pattern, built once per config (not per request)."""
+        return keyword_pattern(self.keywords) if self.keywords else None
+
+    @cached_property
+    def regex_re(self) -> re.Pattern[str] | None:
+        return re.compile(self.regex) if self.regex is not None else None
 
 
 class Rule(_Model):
@@ -127,6 +198,25 @@ class Privacy(_Model):
     )
     queue_limit: int = Field(64, ge=0, description="Private requests waiting for a local slot, per tier.")
     queue_timeout_seconds: float = Field(10.0, gt=0, description="How long one may wait before a 503.")
+
+
+DEFAULT_MAX_LABEL_VALUES = 100
+OTHER_LABEL = "other"
+
+
+class Attribution(_Model):
+    """Bounds on the team and feature values callers may claim (they become metric labels and cost rows)."""
+
+    features: list[str] = Field(
+        default_factory=list,
+        description="With API keys: features a caller may name (besides its key's own); others count as `other`.",
+    )
+    max_label_values: int = Field(
+        DEFAULT_MAX_LABEL_VALUES,
+        ge=1,
+        le=10000,
+        description="Distinct values kept per label (team, feature, task); later new ones count as `other`.",
+    )
 
 
 class Timeouts(_Model):
@@ -158,6 +248,9 @@ class RouterConfig(_Model):
     timeouts: Timeouts = Field(default_factory=Timeouts, description="Upstream timeouts.")
     breaker: Breaker = Field(default_factory=Breaker, description="Per-tier circuit breaker.")
     max_connections: int = Field(256, ge=1, description="Upstream connection pool size (read at start).")
+    attribution: Attribution | None = Field(
+        None, description="Allowed features and the label cardinality cap; none means the defaults."
+    )
 
     @model_validator(mode="after")
     def _check_references(self) -> RouterConfig:
@@ -178,6 +271,11 @@ class RouterConfig(_Model):
         need(self.privacy.local_tier, "privacy.localTier")
         for i, rule in enumerate(self.rules):
             need(rule.tier, f"rules[{i}].tier")
+            if not rule.match.has_conditions and i < len(self.rules) - 1:
+                problems.append(
+                    f"rules[{i}].match has no condition, so it matches every request and the rules after it "
+                    "never run; give it a condition, move it last, or use `default`"
+                )
         for tier in self.tiers:
             need(tier.burst_target, f"tiers[{tier.name}].burstTarget")
             for ref in tier.fallback:
@@ -186,12 +284,25 @@ class RouterConfig(_Model):
                 problems.append(f"tiers[{tier.name}]: burst is on but burstTarget is not set")
             if tier.burst_target == tier.name:
                 problems.append(f"tiers[{tier.name}]: burstTarget cannot be the tier itself")
+            if tier.name in tier.fallback:
+                problems.append(f"tiers[{tier.name}].fallback lists the tier itself (`retries` repeats a tier)")
+            if tier.base_url.rstrip("/").endswith(("/chat/completions", "/completions")):
+                problems.append(
+                    f"tiers[{tier.name}].baseURL {tier.base_url!r} names an endpoint; give the API base "
+                    "(e.g. https://host/v1): the router appends /chat/completions or /completions"
+                )
             problems.extend(_pricing_problems(tier))
         if self.privacy.local_tier and self.tier(self.privacy.local_tier).kind is not TierKind.LOCAL:
             problems.append(f"privacy.localTier {self.privacy.local_tier!r} must be a local tier")
+        if self.privacy.private_teams and not any(t.kind is TierKind.LOCAL for t in self.tiers):
+            problems.append("privacy.privateTeams is set but no tier is local: their requests could never be served")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def bounds(self) -> Attribution:
+        return self.attribution or Attribution()
 
     def tier(self, name: str) -> Tier:
         for tier in self.tiers:

@@ -14,6 +14,7 @@ completion's characters) and marks the record as estimated.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,33 @@ def usage_from_sse(tail: bytes) -> Usage | None:
     return None
 
 
+_EVENT_SPLIT = re.compile(rb"(\r?\n\r?\n)")
+
+
+def without_usage_events(events: bytes) -> bytes:
+    """Whole SSE events minus usage-only ones (`choices: []` with `usage`): the chunk the router asked the
+    upstream for on a client's behalf, which that client did not ask to receive."""
+    pieces = _EVENT_SPLIT.split(events)
+    kept = []
+    for i in range(0, len(pieces), 2):
+        event, separator = pieces[i], pieces[i + 1] if i + 1 < len(pieces) else b""
+        if b'"usage"' in event and _is_usage_only(event):
+            continue
+        kept.append(event + separator)
+    return b"".join(kept)
+
+
+def _is_usage_only(event: bytes) -> bool:
+    data = event.strip()
+    if not data.startswith(b"data:"):
+        return False
+    try:
+        value = json.loads(data[5:])
+    except ValueError:
+        return False
+    return isinstance(value, dict) and value.get("choices") == [] and value.get("usage") is not None
+
+
 def _usage(value: Any) -> Usage | None:
     if not isinstance(value, dict):
         return None
@@ -126,10 +154,13 @@ class CostLedger:
         line.baseline_cost_usd += baseline
         line.estimated += usage.estimated
 
-    def summary(self, baseline_tier: str | None) -> dict[str, Any]:
+    def summary(self, baseline_tier: str | None, team_only: str | None = None) -> dict[str, Any]:
+        """Totals and rows; `team_only` keeps one team's rows (and totals over them): what a team's key sees."""
         total = LedgerLine()
         rows = []
         for (tier, team, feature), line in sorted(self.lines.items()):
+            if team_only is not None and team != team_only:
+                continue
             rows.append({"tier": tier, "team": team, "feature": feature, **line.as_dict()})
             total.requests += line.requests
             total.input_tokens += line.input_tokens
@@ -137,4 +168,9 @@ class CostLedger:
             total.cost_usd += line.cost_usd
             total.baseline_cost_usd += line.baseline_cost_usd
             total.estimated += line.estimated
-        return {"baseline_tier": baseline_tier, "totals": total.as_dict(), "by_tier_team_feature": rows}
+        return {
+            "baseline_tier": baseline_tier,
+            "team": team_only,
+            "totals": total.as_dict(),
+            "by_tier_team_feature": rows,
+        }

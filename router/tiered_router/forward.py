@@ -13,6 +13,7 @@ Exceptions raised by a send, and what the router does with them:
     upstream status 5xx               (response, read and closed)   → breaker failure, next attempt
     upstream status 429                                              → next attempt (breaker untouched)
     anything else (2xx, other 4xx)                                   → returned to the caller
+    no attempt left                   → Exhausted: 503 if every attempt got 429, else 502
 
 Attempts happen only before the first byte reaches the client, at most `1 + retries` of them (retries
 ≤ 2), walking the chain and repeating its last tier if the chain is shorter.
@@ -62,10 +63,12 @@ class Target:
     completions_url: httpx.URL
     headers: httpx.Headers
     model: str
+    external: bool = False
+    """An external tier: tiered's own attribution is removed from the body sent there."""
 
 
 class Exhausted(Exception):
-    """No attempt succeeded: answer `status` (502 upstream failures, 503 rate limited or unavailable)."""
+    """No attempt succeeded: answer `status`, 503 when every attempt was rate limited (429), else 502."""
 
     def __init__(self, status: int, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
@@ -137,6 +140,7 @@ class Upstream:
         attempts = 1 + config.retries
         breaker = config.breaker
         last = "no attempt"
+        causes: list[str] = []  # of the attempts actually sent
         previous = None
         for i in range(attempts):
             tier = chain[min(i, len(chain) - 1)]
@@ -163,6 +167,7 @@ class Upstream:
                 # httpx-aiohttp reports a refused connection as ConnectTimeout: both count as "connect".
                 slow = isinstance(error, httpx.TimeoutException) and not isinstance(error, httpx.ConnectTimeout)
                 last = "timeout" if slow else "connect"
+                causes.append(last)
                 self.breakers.failure(tier, time.monotonic(), breaker.failure_threshold, breaker.cooldown_seconds)
                 self.metrics.upstream_errors.labels(tier, last).inc()
                 previous = tier
@@ -177,10 +182,12 @@ class Upstream:
             await response.aclose()
             self.flight.leave(tier)
             last = str(status)
+            causes.append(last)
             if status != 429:
                 self.breakers.failure(tier, time.monotonic(), breaker.failure_threshold, breaker.cooldown_seconds)
             self.metrics.upstream_errors.labels(tier, last).inc()
             previous = tier
-        if last in ("429", "breaker-open"):
-            raise Exhausted(503, f"upstream tiers are rate limited or unavailable ({', '.join(chain)})")
-        raise Exhausted(502, f"upstream tiers failed ({', '.join(chain)}); last error: {last}")
+        tried = ", ".join(chain)
+        if causes and all(cause == "429" for cause in causes):
+            raise Exhausted(503, f"every upstream attempt was rate limited (429) by {tried}; retry later")
+        raise Exhausted(502, f"upstream tiers failed ({tried}); causes in order: {', '.join(causes)}")

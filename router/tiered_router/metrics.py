@@ -6,11 +6,11 @@ collector, so the request path pays nothing for them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 # Router overhead is sub-millisecond when healthy; upstream latency spans ms to minutes.
@@ -55,6 +55,12 @@ class RouterMetrics:
         )
         self.upstream_errors = Counter(
             "tiered_router_upstream_errors", "Failed upstream attempts.", ["tier", "cause"], registry=r
+        )
+        self.unknown_tasks = Counter(
+            "tiered_router_unknown_tasks",
+            "Requests naming a task type no rule lists (task: the value, bounded like team and feature).",
+            ["task"],
+            registry=r,
         )
         self.reloads = Counter("tiered_router_config_reloads", "Config files loaded.", registry=r)
         self.reload_errors = Counter(
@@ -124,16 +130,28 @@ class RouterMetrics:
             )
         return children
 
-    def watch(self, sample: Callable[[], Iterable[tuple[str, int, int, int]]]) -> None:
-        """Export live control data at scrape time: `sample()` yields (tier, in flight, queued, breaker)."""
-        self.registry.register(_LiveCollector(sample))
+    def watch(
+        self,
+        sample: Callable[[], Iterable[tuple[str, int, int, int]]],
+        private_ready: Callable[[], bool],
+        overflowed: Mapping[str, int],
+    ) -> None:
+        """Export live control data at scrape time: `sample()` yields (tier, in flight, queued, breaker);
+        `private_ready()` says whether a local tier can take private traffic; `overflowed` counts claimed
+        label values counted as `other`, by label."""
+        self.registry.register(_LiveCollector(sample, private_ready, overflowed))
 
 
 class _LiveCollector(Collector):
-    def __init__(self, sample: Callable[[], Iterable[tuple[str, int, int, int]]]) -> None:
-        self.sample = sample
+    def __init__(
+        self,
+        sample: Callable[[], Iterable[tuple[str, int, int, int]]],
+        private_ready: Callable[[], bool],
+        overflowed: Mapping[str, int],
+    ) -> None:
+        self.sample, self.private_ready, self.overflowed = sample, private_ready, overflowed
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         flight = GaugeMetricFamily("tiered_router_in_flight", "Requests in flight per tier.", labels=["tier"])
         queued = GaugeMetricFamily(
             "tiered_router_queued", "Private requests waiting for a slot on a tier.", labels=["tier"]
@@ -147,4 +165,16 @@ class _LiveCollector(Collector):
             flight.add_metric([tier], in_flight)
             queued.add_metric([tier], waiting)
             state.add_metric([tier], breaker)
-        yield from (flight, queued, state)
+        ready = GaugeMetricFamily(
+            "tiered_router_private_ready",
+            "1 while some local tier can take private traffic (its breaker is not open), else 0.",
+        )
+        ready.add_metric([], 1 if self.private_ready() else 0)
+        overflow = CounterMetricFamily(
+            "tiered_router_label_overflow",
+            "Claimed team, feature or task values counted as `other` (cap or allow-list).",
+            labels=["label"],
+        )
+        for name, count in sorted(self.overflowed.items()):
+            overflow.add_metric([name], count)
+        yield from (flight, queued, state, ready, overflow)

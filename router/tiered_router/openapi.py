@@ -78,8 +78,12 @@ def _completion_operation(summary: str, request_schema: str) -> dict[str, Any]:
 
 def openapi_document(config: RouterConfig) -> dict[str, Any]:
     models = [t.name for t in config.tiers] + [AUTO_MODEL]
-    # The router reads `task`, `team` and `feature` from metadata; other keys are the upstream's business.
-    metadata = {"type": "object", "description": "OpenAI metadata; `task`, `team`, `feature` are read."}
+    # The router reads `task`, `team`, `feature` and `private` from metadata; other keys are the upstream's.
+    metadata = {
+        "type": "object",
+        "description": "OpenAI metadata; `task`, `team`, `feature`, `private` are read (not sent to external tiers).",
+    }
+    stream_options = {"type": ["object", "null"], "description": "`include_usage: true` asks for the final usage chunk."}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -113,6 +117,7 @@ def openapi_document(config: RouterConfig) -> dict[str, Any]:
                         "model": {"type": "string", "enum": models},
                         "messages": {"type": "array", "minItems": 1, "items": {"type": "object"}},
                         "stream": {"type": "boolean"},
+                        "stream_options": stream_options,
                         "metadata": metadata,
                     },
                 },
@@ -128,6 +133,7 @@ def openapi_document(config: RouterConfig) -> dict[str, Any]:
                             ]
                         },
                         "stream": {"type": "boolean"},
+                        "stream_options": stream_options,
                         "metadata": metadata,
                     },
                 },
@@ -175,7 +181,7 @@ def openapi_document(config: RouterConfig) -> dict[str, Any]:
             },
             "/v1/tiered/costs": {
                 "get": {
-                    "summary": "Cost summary since start, by tier, team and feature.",
+                    "summary": "Cost summary since start, by tier, team and feature (a team's key: its own rows).",
                     "responses": {
                         "200": {
                             "description": "Totals and rows.",
@@ -185,6 +191,22 @@ def openapi_document(config: RouterConfig) -> dict[str, Any]:
                                         "type": "object",
                                         "required": ["totals", "by_tier_team_feature"],
                                     }
+                                }
+                            },
+                        },
+                        "401": _error("Missing or invalid API key."),
+                    },
+                }
+            },
+            "/v1/tiered/status": {
+                "get": {
+                    "summary": "Tiers' breakers, in-flight counts and whether private traffic can be served.",
+                    "responses": {
+                        "200": {
+                            "description": "Live state.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"type": "object", "required": ["ready", "private", "tiers"]}
                                 }
                             },
                         },
@@ -206,7 +228,7 @@ def openapi_document(config: RouterConfig) -> dict[str, Any]:
             },
             "/readyz": {
                 "get": {
-                    "summary": "Readiness: 503 when every tier's breaker is open.",
+                    "summary": "Readiness: 503 while draining (upstream health does not count).",
                     "security": [],
                     "responses": {
                         "200": {

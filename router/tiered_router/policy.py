@@ -15,11 +15,10 @@ It never sees an HTTP request: the server extracts `RequestFeatures` (only what 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from tiered_router.config import AUTO_MODEL, Match, RouterConfig, TierKind
+from tiered_router.config import AUTO_MODEL, Match, MatchScope, RouterConfig, TierKind
 
 UNKNOWN_MODEL = "unknown-model"
 UNAVAILABLE = "unavailable"
@@ -32,9 +31,14 @@ class RequestFeatures:
     model: str
     prompt_tokens: int = 0
     task: str | None = None
+    """Normalised (`config.normalise_task`)."""
     text: str = ""
-    """The prompt text; searched by keyword and regex rules."""
+    """The last user message (a text completion: its prompt); what keyword and regex rules search by default."""
     private: bool = False
+    system: str = ""
+    """System and developer messages (scope `lastUserAndSystem`)."""
+    conversation: str | None = None
+    """Every message's text (scope `conversation`); None means the same as `text`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,27 +111,35 @@ def private_local_tier(config: RouterConfig) -> str | None:
 
 
 def _by_rules(features: RequestFeatures, config: RouterConfig) -> tuple[str, str]:
-    lowered: str | None = None
     for i, rule in enumerate(config.rules):
-        match = rule.match
-        if match.keywords and lowered is None:
-            lowered = features.text.lower()
-        if _matches(match, features, lowered or ""):
+        if _matches(rule.match, features):
             return rule.tier, f"rule:{rule.name or f'rule-{i}'}"
     return config.default, "default"
 
 
-def _matches(match: Match, features: RequestFeatures, lowered: str) -> bool:
+def scoped_text(scope: MatchScope | None, features: RequestFeatures) -> str:
+    """The text a rule's keywords and regex look at."""
+    if scope is None or scope is MatchScope.LAST_USER:
+        return features.text
+    if scope is MatchScope.CONVERSATION:
+        return features.text if features.conversation is None else features.conversation
+    return f"{features.system}\n{features.text}" if features.system else features.text
+
+
+def _matches(match: Match, features: RequestFeatures) -> bool:
     if match.task_types and features.task not in match.task_types:
         return False
     if match.min_prompt_tokens is not None and features.prompt_tokens < match.min_prompt_tokens:
         return False
     if match.max_prompt_tokens is not None and features.prompt_tokens > match.max_prompt_tokens:
         return False
-    if match.keywords and not any(k.lower() in lowered for k in match.keywords):
+    keywords, regex = match.keyword_re, match.regex_re  # compiled once per config
+    if keywords is None and regex is None:
+        return True
+    text = scoped_text(match.scope, features)
+    if keywords is not None and keywords.search(text) is None:
         return False
-    # re keeps compiled patterns in its own cache, so searching by pattern string costs a dict lookup.
-    return match.regex is None or re.search(match.regex, features.text) is not None
+    return regex is None or regex.search(text) is not None
 
 
 def estimate_tokens(chars: int) -> int:

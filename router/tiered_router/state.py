@@ -23,8 +23,9 @@ from typing import Any
 import httpx
 
 from tiered_router import auth, cost, forward
-from tiered_router.breaker import Breakers
-from tiered_router.config import AUTO_MODEL, RouterConfig, load_config
+from tiered_router.attribution import LabelBounds
+from tiered_router.breaker import CLOSED, HALF_OPEN, OPEN, Breakers
+from tiered_router.config import AUTO_MODEL, RouterConfig, TierKind, load_config
 from tiered_router.metrics import RouterMetrics
 
 log = logging.getLogger("tiered.router")
@@ -41,6 +42,11 @@ class Snapshot:
     baseline: cost.Price | None
     timeout: dict[str, float]
     models: bytes
+    features: frozenset[str]
+    """`attribution.features`: the features a caller may name."""
+    task_types: frozenset[str]
+    """Every task type a rule names (others are counted as unknown)."""
+    max_label_values: int
 
 
 def build_snapshot(config: RouterConfig) -> Snapshot:
@@ -57,6 +63,7 @@ def build_snapshot(config: RouterConfig) -> Snapshot:
             httpx.URL(f"{base}/completions"),
             httpx.Headers(headers),
             tier.upstream_model,
+            tier.kind is TierKind.EXTERNAL,
         )
     prices = {t.name: cost.tier_price(t) for t in config.tiers}
     models = [{"id": name, "object": "model", "created": 0, "owned_by": "tiered"} for name in [*targets, AUTO_MODEL]]
@@ -68,7 +75,20 @@ def build_snapshot(config: RouterConfig) -> Snapshot:
         prices.get(config.baseline or ""),
         forward.timeout_extension(config),
         json.dumps({"object": "list", "data": models}).encode(),
+        frozenset(config.bounds.features),
+        frozenset(task for rule in config.rules for task in rule.match.task_types),
+        config.bounds.max_label_values,
     )
+
+
+def base_url_notes(config: RouterConfig) -> list[str]:
+    """What the router will call for tiers whose baseURL does not end in /v1 (allowed: some providers'
+    OpenAI-compatible bases do not, e.g. `.../v1beta/openai`), so a typo shows in the log."""
+    return [
+        f"tier {t.name!r}: baseURL does not end in /v1; chat requests go to {t.base_url.rstrip('/')}/chat/completions"
+        for t in config.tiers
+        if not t.base_url.rstrip("/").endswith("/v1")
+    ]
 
 
 FileSignature = tuple[str, int, int, int]
@@ -133,7 +153,9 @@ class RouterState:
         self.breakers = Breakers()
         self.flight = forward.InFlight()
         self.ledger = cost.CostLedger()
-        self.metrics.watch(self._live_sample)
+        self.labels = LabelBounds()
+        self._failed: tuple[FileSignature | None, FileSignature | None] | None = None
+        self.metrics.watch(self._live_sample, self.private_ready, self.labels.overflowed)
         self.upstream = forward.Upstream(
             transport or forward.make_transport(config.max_connections),
             self.breakers,
@@ -148,6 +170,45 @@ class RouterState:
             (tier, self.flight.count.get(tier, 0), self.flight.queued(tier), self.breakers.state(tier, now))
             for tier in self.snapshot.targets
         ]
+
+    def private_ready(self) -> bool:
+        """Whether some local tier can take private traffic now (its breaker is not open)."""
+        now = time.monotonic()
+        return any(
+            t.kind is TierKind.LOCAL and self.breakers.state(t.name, now) != OPEN for t in self.snapshot.config.tiers
+        )
+
+    def status(self) -> dict[str, Any]:
+        """What /v1/tiered/status shows: tiers' live state and whether private traffic can be served."""
+        config = self.snapshot.config
+        now = time.monotonic()
+        names = {CLOSED: "closed", HALF_OPEN: "half_open", OPEN: "open"}
+        tiers = []
+        for tier in config.tiers:
+            state = self.breakers.state(tier.name, now)
+            tiers.append(
+                {
+                    "name": tier.name,
+                    "kind": tier.kind.value,
+                    "breaker": names[state],
+                    "retry_in_seconds": round(max(0.0, self.breakers.open_until.get(tier.name, now) - now), 3),
+                    "in_flight": self.flight.count.get(tier.name, 0),
+                    "queued": self.flight.queued(tier.name),
+                    "burst": tier.burst,
+                }
+            )
+        local = [t["name"] for t in tiers if t["kind"] == TierKind.LOCAL.value and t["breaker"] != "open"]
+        return {
+            "ready": not self.lifecycle.draining,
+            "draining": self.lifecycle.draining,
+            "private": {
+                "rules": bool(config.privacy.private_teams),
+                "header": config.privacy.private_header,
+                "ready": bool(local),
+                "local_tiers_available": local,
+            },
+            "tiers": tiers,
+        }
 
     def _current_signatures(self) -> tuple[FileSignature | None, FileSignature | None]:
         return file_signature(self.config_path), file_signature(self.snapshot.config.api_keys_file)
@@ -165,21 +226,33 @@ class RouterState:
                 "NO API KEYS CONFIGURED: the router is OPEN, any caller is served and may claim "
                 "any team; set apiKeysFile to require keys"
             )
+        for note in base_url_notes(config):
+            log.warning("%s", note)
 
     def reload_if_changed(self) -> bool:
-        """Load the config (and key file) again if either changed; keep the last good one on error."""
+        """Load the config (and key file) again if either changed; keep the last good one on error.
+
+        A file that fails is tried once more at the next check before it counts as an error: a writer that
+        writes in place may have been caught half way (its next write changes the signature, and that
+        version is read instead). A ConfigMap volume swaps whole files, so there it never happens.
+        """
         signatures = self._current_signatures()
         if signatures == self._signatures:
             return False
-        self._signatures = signatures  # a bad file is reported once, not on every check
         try:
             config = load_config(self.config_path)
             keys_signature = file_signature(config.api_keys_file)
             snapshot = build_snapshot(config)
         except ValueError as error:
+            if self._failed != signatures:
+                self._failed = signatures  # first failure of this version: look again at the next check
+                log.info("config file unreadable, checking again (a write may be under way): %s", error)
+                return False
+            self._signatures = signatures  # a bad file is reported once, not on every check
             self.metrics.reload_errors.inc()
             log.error("config reload rejected, keeping the last good config: %s", error)
             return False
+        self._failed = None
         self.snapshot = snapshot  # the atomic swap: requests in flight keep the snapshot they read
         # Signatures taken before the files were read: a swap during the read shows as a change next time.
         self._signatures = (signatures[0], keys_signature)

@@ -131,6 +131,7 @@ def test_private_queue_full_503(router_reset: Router, router_fakes: dict[str, Fa
     with pytest.raises(openai.APIStatusError) as caught:
         ask(router_reset, extra_headers={"x-tiered-team": "legal"})
     assert caught.value.status_code == 503
+    assert caught.value.code == "private_queue_full"
     assert caught.value.response.headers["retry-after"] == "1"
     router_fakes["small"].release()
     list(held)

@@ -33,7 +33,7 @@ def test_first_chunk_arrives_before_the_upstream_finishes(
     rest = list(chunks)
     text = "".join(c.choices[0].delta.content or "" for c in rest if c.choices)
     assert text == " answer is forty two ."
-    assert rest[-1].usage is not None and rest[-1].usage.completion_tokens == 6
+    assert all(c.choices and c.usage is None for c in rest)  # no usage chunk: this client did not ask for one
     assert router_reset.metric("tiered_router_time_to_first_token_seconds_count", tier="small") >= 1
 
 
@@ -83,6 +83,6 @@ def test_upstream_dying_mid_stream_ends_the_stream_with_an_error_event(tmp_path:
         )
         assert next(stream).choices[0].delta.content == "The"
         up["small"].process.kill()
-        with pytest.raises(openai.APIError, match="failed mid-stream"):
+        with pytest.raises(openai.APIError, match="closed the connection mid-stream"):
             list(stream)
         assert rt.metric("tiered_router_requests_total", tier="small", status="502") == 1

@@ -89,6 +89,17 @@ def _set(data: dict[str, Any], path: str, value: Any) -> None:
         ("retries", 3, "less than or equal to 2"),
         ("privacy", {"localTier": "big"}, "privacy.localTier 'big' must be a local tier"),
         ("tiers.0.colour", "red", "Extra inputs are not permitted"),
+        ("tiers.0.fallback", ["small", "big"], "tiers[small].fallback lists the tier itself"),
+        ("tiers.1.baseURL", "https://b/v1/chat/completions", "names an endpoint"),
+        ("tiers.1.baseURL", "https://b/v1/completions/", "names an endpoint"),
+        ("rules", [{"match": {}, "tier": "big"}, *BASE["rules"]], "rules[0].match has no condition"),
+        ("rules", [{"match": {"taskTypes": []}, "tier": "big"}, *BASE["rules"]], "rules[0].match has no condition"),
+        ("rules.0.match", {"keywords": ["ok", " "]}, "holds an empty keyword"),
+        ("rules.0.match", {"taskTypes": [""]}, "holds an empty task type"),
+        ("rules.0.match", {"regex": ""}, "regex is empty"),
+        ("rules.0.match", {"keywords": ["x"], "scope": "everything"}, "Input should be 'lastUser'"),
+        ("tiers", [BASE["tiers"][1]], "default names unknown tier 'small'"),
+        ("attribution", {"maxLabelValues": 0}, "greater than or equal to 1"),
     ],
 )
 def test_invalid_config_message(path: str, value: Any, message: str) -> None:
@@ -96,6 +107,27 @@ def test_invalid_config_message(path: str, value: Any, message: str) -> None:
     _set(data, path, value)
     with pytest.raises(ValidationError, match=message.replace("[", r"\[").replace("(", r"\(")):
         RouterConfig.model_validate(data)
+
+
+def test_private_teams_need_a_local_tier() -> None:
+    data = {**copy.deepcopy(BASE), "tiers": [BASE["tiers"][1]], "default": "big", "rules": []}
+    RouterConfig.model_validate(data)  # no private teams: an all-external router is fine
+    data["privacy"] = {"privateTeams": ["legal"]}
+    with pytest.raises(ValidationError, match=r"privacy\.privateTeams is set but no tier is local"):
+        RouterConfig.model_validate(data)
+
+
+def test_empty_match_on_the_last_rule_is_a_catch_all_and_tasks_are_normalised() -> None:
+    rules = [{"match": {"taskTypes": [" Extraction ", "CHAT"]}, "tier": "big"}, {"match": {}, "tier": "small"}]
+    config = RouterConfig.model_validate({**BASE, "rules": rules})
+    assert config.rules[0].match.task_types == ["extraction", "chat"]
+    assert not config.rules[1].match.has_conditions
+
+
+def test_new_fields_stay_out_of_a_dump_that_does_not_use_them() -> None:
+    # The operator renders with exclude_none: a config that does not set scope or attribution dumps as before.
+    dumped = RouterConfig.model_validate(BASE).model_dump(by_alias=True, exclude_none=True)
+    assert "attribution" not in dumped and "scope" not in dumped["rules"][0]["match"]
 
 
 def test_load_config_errors_are_value_errors(tmp_path: Path) -> None:
@@ -125,10 +157,10 @@ def test_api_keys_file_keeps_hashes_only(tmp_path: Path) -> None:
 
 
 def test_every_config_field_is_described_and_documented() -> None:
-    from tiered_router.config import Breaker, Match, Pricing, Privacy, Rule, Tier, Timeouts
+    from tiered_router.config import Attribution, Breaker, Match, Pricing, Privacy, Rule, Tier, Timeouts
 
     doc = (Path(tiered_router.__file__).parents[2] / "docs" / "router.md").read_text()
-    for model in (RouterConfig, Tier, Pricing, Rule, Match, Privacy, Timeouts, Breaker):
+    for model in (RouterConfig, Tier, Pricing, Rule, Match, Privacy, Timeouts, Breaker, Attribution):
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no description"
             assert f"`{field.alias or name}" in doc or f"{field.alias or name}`" in doc, (

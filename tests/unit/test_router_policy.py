@@ -136,7 +136,8 @@ def configs(draw: st.DrawFn) -> RouterConfig:
                 "kind": "external" if external else "local",
                 "baseURL": f"http://{name}/v1",
                 "pricing": EXTERNAL_PRICE if external else LOCAL_PRICE,
-                "fallback": draw(st.lists(st.sampled_from(tier_names), max_size=3)),
+                # A tier cannot list itself as a fallback.
+                "fallback": [n for n in draw(st.lists(st.sampled_from(tier_names), max_size=3)) if n != name],
                 "concurrency": draw(st.none() | st.integers(1, 3)),
                 "burst": draw(st.booleans()),
                 "burstTarget": draw(st.sampled_from(tier_names)),

@@ -26,9 +26,24 @@ def test_configmap_swap_is_seen_and_a_bad_file_keeps_the_last_good_config(tmp_pa
     volume.update({"config.yaml": config("b")})  # same bytes, new directory: loaded again, harmlessly
     assert state.reload_if_changed() is True
     volume.update({"config.yaml": config("nowhere")})
+    errors = "tiered_router_config_reload_errors_total"
     assert state.reload_if_changed() is False and state.snapshot.config.default == "b"
+    assert state.metrics.registry.get_sample_value(errors) == 0  # first look: maybe a write under way
+    assert state.reload_if_changed() is False  # second look at the same file: now it counts
     assert state.reload_if_changed() is False  # a bad file is reported once
-    assert state.metrics.registry.get_sample_value("tiered_router_config_reload_errors_total") == 1
+    assert state.metrics.registry.get_sample_value(errors) == 1
+
+
+def test_a_half_written_file_is_looked_at_again_not_counted(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    path.write_text(config("a"))
+    state = RouterState(str(path))
+    full = config("b")
+    path.write_text(full[: len(full) // 2])  # in place, cut off: what a reader can catch mid-write
+    assert state.reload_if_changed() is False
+    path.write_text(full)
+    assert state.reload_if_changed() is True and state.snapshot.config.default == "b"
+    assert state.metrics.registry.get_sample_value("tiered_router_config_reload_errors_total") == 0
 
 
 def test_signature_names_the_timestamped_directory(tmp_path: Path) -> None:
