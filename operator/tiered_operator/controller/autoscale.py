@@ -15,6 +15,7 @@ only delay a change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -36,14 +37,20 @@ log = logging.getLogger("tiered.autoscaler")
 MAX_BACKOFF_SECONDS = 300.0
 NO_PROMETHEUS = "NoPrometheus"
 CONCURRENT_READS = 8
+NEW_TIER_DELAY_SECONDS = 0.5
 
 
 async def autoscale_loop(controller: Controller, source: SignalSource | None, tick_seconds: float) -> None:
     """Runs until cancelled."""
     while True:
         await controller.leading.wait()
+        controller.tiers_added.clear()
         await autoscale_once(controller, source)
-        await asyncio.sleep(tick_seconds)
+        # A new tier gets its first tick (and its MetricsAvailable) within a moment, not up to a tick later;
+        # a burst of new tiers is taken in one pass.
+        await asyncio.sleep(min(NEW_TIER_DELAY_SECONDS, tick_seconds))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(controller.tiers_added.wait(), max(0.0, tick_seconds - NEW_TIER_DELAY_SECONDS))
 
 
 async def autoscale_once(controller: Controller, source: SignalSource | None) -> None:
@@ -97,6 +104,9 @@ async def _read(source: SignalSource | None, tier: InferenceTier, current: int, 
 async def tick_tier(controller: Controller, source: SignalSource | None, body: Mapping[str, Any],
                     now: float) -> None:
     """One tick of one tier, if it is due."""
+    known = controller.loops.get(body["metadata"].get("uid", ""))
+    if known is not None and now < known.next_tick:
+        return  # not due: not even parsed
     try:
         tier = parse_spec(body)
     except InvalidObject:

@@ -112,6 +112,7 @@ class Controller:
         self.metrics = metrics or OperatorMetrics()
         # Only the leader reconciles (set at once when there is no election); followers keep the store warm.
         self.leading = asyncio.Event()
+        self.tiers_added = asyncio.Event()  # wakes the autoscaler for a new tier's first tick
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
         self._active: set[Key] = set()
@@ -147,6 +148,8 @@ class Controller:
                 self.enqueue((owner_plural, meta["namespace"], owner))
             return
         if plural == TIERS:
+            if before is None and event_type != "DELETED":
+                self.tiers_added.set()
             if event_type == "DELETED":
                 self.loops.pop(meta.get("uid", ""), None)
                 self._rendered.pop(meta.get("uid", ""), None)
