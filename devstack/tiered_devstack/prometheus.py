@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -33,9 +33,13 @@ def prometheus_binary() -> str:
 class Prometheus:
     """One Prometheus process scraping ``targets`` (host:port) every ``scrape_interval``."""
 
-    def __init__(self, workdir: Path, targets: Sequence[str], *, scrape_interval: str = "1s") -> None:
+    def __init__(self, workdir: Path, targets: Sequence[str], *, scrape_interval: str = "1s",
+                 jobs: Mapping[str, Sequence[str]] | None = None) -> None:
+        """`targets`: DCGM-style exporters (their labels kept); `jobs`: other scrape jobs by name (Ray's
+        metrics port, routers, the operator)."""
         self.workdir = Path(workdir) / f"prometheus-{free_port()}"
         self.targets = list(targets)
+        self.jobs = {name: list(addresses) for name, addresses in (jobs or {}).items()}
         self.scrape_interval = scrape_interval
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -46,7 +50,9 @@ class Prometheus:
             "global": {"scrape_interval": self.scrape_interval, "scrape_timeout": self.scrape_interval},
             "scrape_configs": [
                 # honor_labels: the exporter's namespace/pod labels name the workload, as with dcgm-exporter
-                {"job_name": "dcgm", "honor_labels": True, "static_configs": [{"targets": self.targets}]}
+                {"job_name": "dcgm", "honor_labels": True, "static_configs": [{"targets": self.targets}]},
+                *({"job_name": name, "static_configs": [{"targets": addresses}]}
+                  for name, addresses in self.jobs.items()),
             ],
         }
 
