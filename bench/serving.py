@@ -39,7 +39,9 @@ PROMPTS = [  # text to continue (completions): none of them makes greedy SmolLM2
 ]
 MAX_TOKENS = 64
 N_CTX = 2048
-THREADS = min(2, len(os.sched_getaffinity(0)))  # the default; --threads changes it for both paths
+# Engine threads, both paths: all cores but one, which Serve's proxy, the router and this client need (a
+# replica gets its own CPUs in a cluster; here an engine on every core fights the proxy for each token).
+THREADS = max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 @dataclass(frozen=True)

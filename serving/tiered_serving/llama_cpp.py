@@ -114,6 +114,9 @@ class LlamaCppServer:
                 raise api.ApiError(404, f"no such endpoint: {request.method} {path}", code="not_found")
         except api.ApiError as error:
             response = JSONResponse(error.body(), status_code=error.status)
+        except Exception as error:  # an engine failure is still answered the OpenAI way (5xx: the router retries)
+            failure = _engine_failure(error)
+            response = JSONResponse(failure.body(), status_code=failure.status)
         self.metrics.answered(path, response.status_code)
         return response
 
@@ -163,6 +166,8 @@ class LlamaCppServer:
                 yield api.SSE_DONE
             except api.ApiError as error:
                 yield api.sse_error(error)
+            except Exception as error:  # after the first byte the status is sent: end with an error event
+                yield api.sse_error(_engine_failure(error))
             finally:
                 await stream.aclose()
 
@@ -351,6 +356,10 @@ class _CompletionStream(_Shape):
         )
         self.offset += len(item.text)
         return api.sse(chunk)
+
+
+def _engine_failure(error: Exception) -> api.ApiError:
+    return api.ApiError(500, f"the engine failed: {type(error).__name__}: {error}", type="server_error")
 
 
 def _route(request: Request) -> str:
