@@ -83,7 +83,8 @@ def openapi_document(config: RouterConfig) -> dict[str, Any]:
         "type": "object",
         "description": "OpenAI metadata; `task`, `team`, `feature`, `private` are read (not sent to external tiers).",
     }
-    stream_options = {"type": ["object", "null"], "description": "`include_usage: true` asks for the final usage chunk."}
+    stream_options = {"type": ["object", "null"],
+                      "description": "`include_usage: true` asks for the final usage chunk."}
     return {
         "openapi": "3.1.0",
         "info": {
