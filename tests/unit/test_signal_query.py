@@ -61,3 +61,9 @@ def test_not_one_number(result: Any, reason: str, message: str) -> None:
     with pytest.raises(MetricsUnavailable) as raised:
         one_number(result, "q")
     assert raised.value.reason == reason and message in str(raised.value)
+
+
+def test_queue_depth_reads_the_engines_own_series() -> None:
+    spec = AutoscalingSpec.model_validate({"metric": "queue-depth", "target": 4})
+    assert signal_query(spec, "prod", "edge", "llama-cpp").expr.startswith("avg(ray_tiered_serving_queue_depth{")
+    assert signal_query(spec, "prod", "triage", "vllm").expr.startswith("avg(ray_vllm:num_requests_waiting{")

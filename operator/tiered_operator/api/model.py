@@ -125,8 +125,17 @@ class ModelSpec(Spec):
     )
     source: str = Field(
         max_length=2048,
-        pattern=r"^(hf|s3|gs|pvc|file)://.+",
-        description="Where the weights come from: hf://org/repo, s3://bucket/path, gs://…, pvc://claim/path.",
+        pattern=r"^(hf|s3|gs|pvc|file|pkg)://.+",
+        description="Where the weights come from: hf://org/repo, s3://bucket/path, gs://…, pvc://claim/path, "
+        "file:///path (on the worker), or pkg://<python package>/<file> (a GGUF shipped in a package installed "
+        "in the serving image; llama-cpp only).",
+    )
+    sha256: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Expected sha256 of the GGUF file (llama-cpp): a replica whose file differs refuses to "
+        "serve, and the tier's Degraded condition says why.",
     )
     parameters: str = Field(
         max_length=12,
@@ -295,6 +304,14 @@ class InferenceTierSpec(Spec):
             (
                 "(self.accelerator.type == 'CPU') == (self.engine == 'llama-cpp')",
                 "accelerator CPU needs engine llama-cpp; GPU accelerators run engine vllm",
+            ),
+            (
+                "!has(self.model.sha256) || self.engine == 'llama-cpp'",
+                "model.sha256 is checked by the llama-cpp engine only (vLLM loads a repository, not one file)",
+            ),
+            (
+                "!self.model.source.startsWith('pkg://') || self.engine == 'llama-cpp'",
+                "pkg:// sources (a GGUF file shipped in a Python package) are served by the llama-cpp engine only",
             ),
         )
     )

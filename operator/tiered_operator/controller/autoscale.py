@@ -90,7 +90,7 @@ async def _read(source: SignalSource | None, tier: InferenceTier, current: int, 
     if source is None:
         return None, WantedCondition(type=c.METRICS_AVAILABLE, status="False", reason=NO_PROMETHEUS,
                                      message="no Prometheus configured (TIERED_PROMETHEUS_URL): replicas held")
-    query = signal_query(tier.spec.autoscaling, tier.metadata.namespace, tier.metadata.name)
+    query = signal_query(tier.spec.autoscaling, tier.metadata.namespace, tier.metadata.name, tier.spec.engine)
     try:
         sample = await asyncio.to_thread(source.read, query, now)
     except MetricsUnavailable as error:

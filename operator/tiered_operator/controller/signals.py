@@ -38,12 +38,19 @@ from tiered_operator.core.scaling import Sample
 Metric = Literal["gpu-utilization", "engine-active", "queue-depth"]
 UnavailableReason = Literal["Unreachable", "QueryFailed", "Empty", "Invalid", "Stale"]
 
-# metric → (series name, factor bringing it to the documented scale)
+# metric → (series name, factor bringing it to the documented scale); queue depth is the engine's own
 SERIES: dict[str, tuple[str, float]] = {
     "gpu-utilization": ("DCGM_FI_DEV_GPU_UTIL", 1),
     "engine-active": ("DCGM_FI_PROF_GR_ENGINE_ACTIVE", 100),
     "queue-depth": ("ray_vllm:num_requests_waiting", 1),
 }
+QUEUE_DEPTH_BY_ENGINE = {"vllm": "ray_vllm:num_requests_waiting", "llama-cpp": "ray_tiered_serving_queue_depth"}
+
+
+def _series(metric: Metric, engine: str) -> tuple[str, float]:
+    if metric == "queue-depth":
+        return QUEUE_DEPTH_BY_ENGINE[engine], 1
+    return SERIES[metric]
 
 
 class MetricsUnavailable(Exception):
@@ -71,20 +78,21 @@ def worker_selector(namespace: str, rayservice_name: str) -> str:
     return f'namespace="{namespace}", pod=~"{rayservice_name}-[a-z0-9]{{5}}-.*worker.*"'
 
 
-def default_query(metric: Metric, namespace: str, rayservice_name: str) -> str:
+def default_query(metric: Metric, namespace: str, rayservice_name: str, engine: str = "vllm") -> str:
     """PromQL averaging a built-in metric over a RayService's worker pods."""
-    series, factor = SERIES[metric]
+    series, factor = _series(metric, engine)
     average = f"avg({series}{{{worker_selector(namespace, rayservice_name)}}})"
     return average if factor == 1 else f"{factor:g} * {average}"
 
 
-def signal_query(spec: AutoscalingSpec, namespace: str, rayservice_name: str) -> SignalQuery:
-    """The query a tier's autoscaler runs: its custom ``query`` if set, else the built-in metric."""
+def signal_query(spec: AutoscalingSpec, namespace: str, rayservice_name: str, engine: str = "vllm") -> SignalQuery:
+    """The query a tier's autoscaler runs: its custom ``query`` if set, else the built-in metric (queue depth
+    from the tier's engine: vLLM's or the llama.cpp app's)."""
     if spec.query:
         return SignalQuery(expr=spec.query, freshness=None, stale_after=spec.stale_after_seconds)
-    series, _ = SERIES[spec.metric]
+    series, _ = _series(spec.metric, engine)
     return SignalQuery(
-        expr=default_query(spec.metric, namespace, rayservice_name),
+        expr=default_query(spec.metric, namespace, rayservice_name, engine),
         freshness=f"max(timestamp({series}{{{worker_selector(namespace, rayservice_name)}}}))",
         stale_after=spec.stale_after_seconds,
     )

@@ -135,6 +135,7 @@ def serve_application(spec: InferenceTierSpec, plan: CapacityPlan, replicas: int
                 "model_source": model_source,
                 "n_ctx": spec.model.max_model_len,
                 "n_threads": plan.cpus_per_replica,
+                **({"sha256": spec.model.sha256} if spec.model.sha256 else {}),
             },
             "deployments": [
                 {
