@@ -324,16 +324,24 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tiered demo", description=__doc__.splitlines()[0])
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", action="store_true", help="leave the stack running until Ctrl-C or SIGTERM")
     parser.add_argument("--report", type=Path, help="also write the cost report as JSON to this file")
-    args = parser.parse_args(argv)
+
+
+def demo(args: argparse.Namespace) -> int:
+    """`tiered demo` (and `make demo`)."""
     signal.signal(signal.SIGTERM, _sigterm)  # unwind the contexts, which stop every process
     try:
         return run(args.keep, args.report)
     except KeyboardInterrupt:
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tiered demo", description=__doc__.splitlines()[0])
+    add_demo_arguments(parser)
+    return demo(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("tiered_operator.cli.commands:plan", "Print the capacity plan of the InferenceTiers in FILE"),
     "operator": ("tiered_operator.controller.handlers:operator", "Run the operator (kopf) on the current kubeconfig"),
     "cluster": ("tiered_devstack.emulator.cli:cluster", "Start a local Kubernetes API emulator"),
+    "demo": ("tiered_devstack.demo:demo", "Run the whole stack on this machine: models, operator, router, burst"),
     "simulate": (
         "tiered_operator.cli.simulate:simulate",
         "Replay a utilization trace through the scaling and burst decisions",
