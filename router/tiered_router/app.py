@@ -167,7 +167,7 @@ def _prompt_text(body: dict[str, Any], chat: bool) -> tuple[str, str, str]:
         role = message.get("role")
         if role == "user":
             last_user = text
-        elif role in SYSTEM_ROLES:
+        elif isinstance(role, str) and role in SYSTEM_ROLES:
             system.append(text)
     return "\n".join(parts), last_user, "\n".join(system)
 

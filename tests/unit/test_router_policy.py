@@ -74,6 +74,36 @@ def test_routing_table(features: RequestFeatures, tier: str | None, reason: str,
     assert (decision.tier, decision.reason, decision.chain) == (tier, reason, chain)
 
 
+SCOPED = config(
+    rules=[
+        {"name": "word", "match": {"keywords": ["prove", "design a"]}, "tier": "big"},
+        {"name": "sys", "match": {"keywords": ["legalese"], "scope": "lastUserAndSystem"}, "tier": "edge"},
+        {"name": "all", "match": {"regex": "escalate", "scope": "conversation"}, "tier": "big"},
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("features", "reason"),
+    [
+        (RequestFeatures("auto", text="improve it"), "default"),
+        (RequestFeatures("auto", text="Prove it."), "rule:word"),
+        (RequestFeatures("auto", text="(prove)"), "rule:word"),
+        (RequestFeatures("auto", text="prover"), "default"),
+        (RequestFeatures("auto", text="designated"), "default"),
+        (RequestFeatures("auto", text="design\na logo"), "rule:word"),
+        (RequestFeatures("auto", text="hi", system="prove things", conversation="prove things\nhi"), "default"),
+        (RequestFeatures("auto", text="hi", system="in legalese"), "rule:sys"),
+        (RequestFeatures("auto", text="in legalese", system=""), "rule:sys"),
+        (RequestFeatures("auto", text="hi", conversation="escalate\nok\nhi"), "rule:all"),
+        (RequestFeatures("auto", text="escalate"), "rule:all"),  # no conversation given: the text is all
+        (RequestFeatures("auto", text="hi", system="escalate"), "default"),
+    ],
+)
+def test_keyword_and_regex_scope(features: RequestFeatures, reason: str) -> None:
+    assert choose_tier(features, SCOPED, LiveState()).reason == reason
+
+
 def burst_config(burst: bool) -> RouterConfig:
     data = CONFIG.model_dump(by_alias=True)
     data["tiers"][0]["burst"] = burst
