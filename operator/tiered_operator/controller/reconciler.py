@@ -130,21 +130,27 @@ class Controller:
     def observe(self, plural: str, event_type: str, body: Mapping[str, Any]) -> None:
         """A watch event: keep the newest body, queue what it concerns."""
         meta = body["metadata"]
-        key = (plural, meta["namespace"], meta["name"])
-        before = self.objects.get(key)
+        before = self.objects.get((plural, meta["namespace"], meta["name"]))
         if event_type != "DELETED" and before is not None and \
                 before["metadata"].get("resourceVersion") == meta.get("resourceVersion"):
-            return  # our own write coming back: the store has it already
+            return  # our own write coming back: `_store` saw it already
+        self._store(plural, event_type, body, own_write=False)
+
+    def _store(self, plural: str, event_type: str, body: Mapping[str, Any], *, own_write: bool) -> None:
+        """Keep `body` (or drop it), and queue the objects the change concerns."""
+        meta = body["metadata"]
+        key = (plural, meta["namespace"], meta["name"])
+        before = self.objects.get(key)
         if event_type == "DELETED":
             self.objects.pop(key, None)
         else:
             self.objects[key] = dict(body)
-        if plural not in (TIERS, POLICIES):  # a child: its owner decides
+        if plural not in (TIERS, POLICIES):  # a child: its owner decides (unless the owner just wrote it)
             owner_kind, owner_plural = ("InferenceTier", TIERS) if plural == RAYSERVICES else \
                 ("RoutingPolicy", POLICIES)
             owner = next((ref["name"] for ref in meta.get("ownerReferences") or []
                           if ref.get("kind") == owner_kind), None)
-            if owner:
+            if owner and not own_write:
                 self.enqueue((owner_plural, meta["namespace"], owner))
             return
         if plural == TIERS:
@@ -159,9 +165,9 @@ class Controller:
         if event_type == "DELETED":
             self.retries.pop(key, None)
             return
-        # Our own status writes come back as events too: only spec or metadata changes need a pass.
-        if before is None or _generation(before) != _generation(body) or \
-                before["metadata"].get("deletionTimestamp") != meta.get("deletionTimestamp"):
+        # Status-only changes (ours among them) need no pass of the object itself.
+        if not own_write and (before is None or _generation(before) != _generation(body) or
+                              before["metadata"].get("deletionTimestamp") != meta.get("deletionTimestamp")):
             self.enqueue(key)
 
     # ---- queue ------------------------------------------------------------------------------------
@@ -335,7 +341,7 @@ class Controller:
             raise Unservable(c.CHILD_REJECTED,
                              f"the API server refused {manifest['kind']} {meta['name']}: {message}") from None
         if written is not None:
-            self.objects[(plural, meta["namespace"], meta["name"])] = written
+            self._store(plural, "MODIFIED", written, own_write=True)
         return written
 
     async def reconcile_policy(self, body: dict[str, Any]) -> None:
@@ -379,9 +385,8 @@ class Controller:
             written = await self.writer.patch(plural, API_VERSION, meta["namespace"], meta["name"],
                                               {"status": patch}, status=True)
             # The watch brings this too; until then, the next pass must not start from the old status.
-            key = (plural, meta["namespace"], meta["name"])
-            if key in self.objects and written:
-                self.objects[key] = written
+            if written and (plural, meta["namespace"], meta["name"]) in self.objects:
+                self._store(plural, "MODIFIED", written, own_write=True)
         for event in all_events:
             await self.post_event(body, event)
 
