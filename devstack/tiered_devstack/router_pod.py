@@ -55,10 +55,12 @@ def with_local_paths(text: str, mounts: Mapping[str, Path]) -> str:
     return pattern.sub(lambda m: str(mounts[m.group(1)]), text)
 
 
-def stack_args(args: list[str], mounts: Mapping[str, Path], port: int) -> list[str]:
-    """The container's args for this machine: local paths, loopback host, the given port, no drain."""
+def stack_args(args: list[str], mounts: Mapping[str, Path], port: int, metrics_port: int | None = None) -> list[str]:
+    """The container's args for this machine: local paths, loopback host, the given ports, no drain."""
     out = [with_local_paths(arg, mounts) for arg in args]
     overrides = {**STACK_ARGS, "--port": str(port)}
+    if metrics_port is not None and "--metrics-port" in out:
+        overrides["--metrics-port"] = str(metrics_port)
     for flag, value in overrides.items():
         if flag in out:
             out[out.index(flag) + 1] = value
@@ -110,6 +112,7 @@ class RouterPod:
         self.process: subprocess.Popen[bytes] | None = None
         self.template_hash: str | None = None
         self.port = free_port()  # kept across restarts, so Prometheus's static target stays right
+        self.metrics_port = free_port()  # where /metrics is when the Deployment gives it a port of its own
         self.log = workdir / "router.log"
         self.updates = 0  # volume swaps after the first materialisation
 
@@ -174,7 +177,7 @@ class RouterPod:
         template_hash = hashlib.sha256(json.dumps(deployment["spec"]["template"], sort_keys=True).encode()).hexdigest()
         if self.process is None or self.process.poll() is not None or template_hash != self.template_hash:
             self.stop()
-            args = stack_args(list(container.get("args") or ()), mounts, self.port)
+            args = stack_args(list(container.get("args") or ()), mounts, self.port, self.metrics_port)
             with self.log.open("ab") as out:
                 self.process = subprocess.Popen([*TIERED, *args], stdout=out, stderr=subprocess.STDOUT,
                                                 env={**os.environ, **self._env(container)}, cwd=self.workdir)

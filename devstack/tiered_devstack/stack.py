@@ -53,7 +53,8 @@ def running_stack(workdir: Path, *, ray: LocalRay | None = None, policy: str = P
         # The router's port is chosen before it starts, so Prometheus can be told where to scrape it.
         router = RouterPod(emulator, namespace, f"tiered-router-{policy}", router_dir, ray.serve_url)
         prometheus = stack.enter_context(Prometheus(workdir, [exporter.address], jobs={
-            "ray": [ray.metrics_address], "router": [f"127.0.0.1:{router.port}"], "operator": [operator_metrics]}))
+            "ray": [ray.metrics_address], "router": [f"127.0.0.1:{router.metrics_port}"],
+            "operator": [operator_metrics]}))
         operator = stack.enter_context(running_operator(emulator, workdir, resync_seconds=2, extra_env={
             "TIERED_PROMETHEUS_URL": prometheus.url, "TIERED_AUTOSCALE_TICK_SECONDS": "1",
             "TIERED_METRICS_PORT": operator_metrics.rsplit(":", 1)[1]}))

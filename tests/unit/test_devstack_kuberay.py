@@ -88,3 +88,5 @@ def test_the_router_kubelet_maps_tier_services_mounts_and_flags_to_this_machine(
             "--drain-seconds", "5"]
     assert stack_args(args, mounts, 4321) == ["router", "--config", "/tmp/w/config/router.yaml", "--host",
                                               "127.0.0.1", "--port", "4321", "--drain-seconds", "0"]
+    assert stack_args([*args, "--metrics-port", "9090"], mounts, 4321, 4322)[-4:] == [
+        "--drain-seconds", "0", "--metrics-port", "4322"]

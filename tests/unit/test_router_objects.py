@@ -103,7 +103,11 @@ def test_the_deployment_runs_the_router_on_the_mounted_config() -> None:
     pod = objects["Deployment"]["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["args"] == ["router", "--config", "/etc/tiered/router/router.yaml", "--host", "0.0.0.0",
-                                 "--port", "8080", "--drain-seconds", "5", "--shutdown-timeout", "25"]
+                                 "--port", "8080", "--metrics-port", "9090", "--drain-seconds", "5",
+                                 "--shutdown-timeout", "25"]
+    # /metrics (every team's costs) on its own port; the Service exposes only the API port.
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
+    assert [port["targetPort"] for port in objects["Service"]["spec"]["ports"]] == ["http"]
     assert container["image"] == "ghcr.io/tiered-dev/tiered-router:0.1.0"
     assert pod["terminationGracePeriodSeconds"] > 25
     config_mount = next(m for m in container["volumeMounts"] if m["name"] == "config")

@@ -31,6 +31,8 @@ POLICY_LABEL = "tiered.dev/policy"
 ROUTER_IMAGE = "ghcr.io/tiered-dev/tiered-router"
 ROUTER_VERSION = "0.1.0"  # the chart's appVersion: operator and router images ship together
 ROUTER_PORT = 8080
+# /metrics carries every team's costs: it gets a port of its own, which the Service does not expose.
+METRICS_PORT = 9090
 SERVICE_PORT = 80
 CONFIG_DIR = "/etc/tiered/router"
 KEYS_DIR = "/etc/tiered/keys"
@@ -163,9 +165,10 @@ def render_deployment(
         "name": "router",
         "image": router.image or default_image,
         "args": ["router", "--config", f"{CONFIG_DIR}/{CONFIG_KEY}", "--host", "0.0.0.0",
-                 "--port", str(ROUTER_PORT), "--drain-seconds", str(DRAIN_SECONDS),
-                 "--shutdown-timeout", str(SHUTDOWN_SECONDS)],
-        "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
+                 "--port", str(ROUTER_PORT), "--metrics-port", str(METRICS_PORT),
+                 "--drain-seconds", str(DRAIN_SECONDS), "--shutdown-timeout", str(SHUTDOWN_SECONDS)],
+        "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"},
+                  {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
     }
     if env := _api_key_env(policy, config):
         container["env"] = env
