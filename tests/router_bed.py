@@ -6,8 +6,6 @@ Every process is started on an ephemeral 127.0.0.1 port and stopped by the fixtu
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -62,8 +60,9 @@ class Router:
     """A running router (`python -m tiered_router.server`) whose config file the test can rewrite.
 
     `config_path` is where it reads its config (default `tmp/router.yaml`, written here; a test that
-    prepares the file itself, e.g. a `ConfigMapVolume`, passes its path and `config=None`). No drain period
-    unless a test asks for one in `args` (`--drain-seconds`), so stopping it is quick.
+    prepares the file itself, e.g. in a `tiered_devstack.router_pod.VolumeDir`, passes its path and
+    `config=None`). No drain period unless a test asks for one in `args` (`--drain-seconds`), so stopping
+    it is quick.
     """
 
     def __init__(
@@ -130,40 +129,6 @@ class Router:
     def stop(self) -> None:
         self.http.close()
         fake_upstream.stop(self.process)
-
-
-class ConfigMapVolume:
-    """A directory laid out and updated the way kubelet keeps a mounted ConfigMap volume.
-
-    `config.yaml -> ..data/config.yaml`, `..data -> ..<timestamp>/`; an update writes a new timestamped
-    directory, points a new `..data_tmp` link at it, renames that over `..data` (the one atomic step) and
-    removes the old directory (kubelet's AtomicWriter).
-    """
-
-    def __init__(self, root: Path, files: dict[str, str]) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self.versions = 0
-        self.update(files)
-        for name in files:
-            (root / name).symlink_to(Path("..data") / name)
-
-    def path(self, name: str) -> Path:
-        return self.root / name
-
-    def update(self, files: dict[str, str]) -> None:
-        self.versions += 1
-        data = self.root / "..data"
-        old = Path(os.readlink(data)) if data.is_symlink() else None
-        stamp = self.root / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{self.versions:06d}"
-        stamp.mkdir()
-        for name, text in files.items():
-            (stamp / name).write_text(text)
-        link = self.root / "..data_tmp"
-        link.symlink_to(stamp.name)
-        link.replace(data)
-        if old is not None:
-            shutil.rmtree(self.root / old)
 
 
 @contextlib.contextmanager

@@ -20,8 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from router_bed import ConfigMapVolume, FakeUpstream, base_config, router
+from router_bed import FakeUpstream, base_config, router
 from tiered_devstack import fake_upstream
+from tiered_devstack.router_pod import VolumeDir
 
 pytestmark = pytest.mark.integration
 
@@ -45,9 +46,10 @@ async def test_configmap_volume_swap_reloads_with_no_failed_request(
 ) -> None:
     for fake in router_fakes.values():
         fake.reset()
-    volume = ConfigMapVolume(tmp_path / "config", {"config.yaml": yaml.safe_dump(base_config(router_fakes))})
+    volume = VolumeDir(tmp_path / "config")  # laid out and swapped as kubelet keeps a ConfigMap volume
+    volume.update({"config.yaml": yaml.safe_dump(base_config(router_fakes))})
     swaps = 12
-    with router(None, tmp_path, config_path=volume.path("config.yaml")) as rt:
+    with router(None, tmp_path, config_path=volume.root / "config.yaml") as rt:
         served: dict[str, int] = {}
         failures: list[str] = []
         done = asyncio.Event()
