@@ -78,9 +78,9 @@ class VolumeDir:
         self.version = 0
         self.files: dict[str, str] | None = None
 
-    def update(self, files: dict[str, str]) -> bool:
-        """Swap in `files` if they differ from what is there; True if they did."""
-        if files == self.files:
+    def update(self, files: dict[str, str], *, force: bool = False) -> bool:
+        """Swap in `files` if they differ from what is there (or `force`); True if they did."""
+        if files == self.files and not force:
             return False
         self.version += 1
         data = self.root / "..data"

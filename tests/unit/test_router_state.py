@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from router_bed import ConfigMapVolume
+from tiered_devstack.router_pod import VolumeDir
 from tiered_router.state import RouterState, file_signature
 
 
@@ -18,12 +18,13 @@ def config(default: str) -> str:
 
 
 def test_configmap_swap_is_seen_and_a_bad_file_keeps_the_last_good_config(tmp_path: Path) -> None:
-    volume = ConfigMapVolume(tmp_path / "cm", {"config.yaml": config("a")})
-    state = RouterState(str(volume.path("config.yaml")))
+    volume = VolumeDir(tmp_path / "cm")
+    volume.update({"config.yaml": config("a")})
+    state = RouterState(str(volume.root / "config.yaml"))
     assert state.reload_if_changed() is False  # nothing changed
     volume.update({"config.yaml": config("b")})
     assert state.reload_if_changed() is True and state.snapshot.config.default == "b"
-    volume.update({"config.yaml": config("b")})  # same bytes, new directory: loaded again, harmlessly
+    volume.update({"config.yaml": config("b")}, force=True)  # same bytes, new directory: loaded again, harmlessly
     assert state.reload_if_changed() is True
     volume.update({"config.yaml": config("nowhere")})
     errors = "tiered_router_config_reload_errors_total"
@@ -47,10 +48,11 @@ def test_a_half_written_file_is_looked_at_again_not_counted(tmp_path: Path) -> N
 
 
 def test_signature_names_the_timestamped_directory(tmp_path: Path) -> None:
-    volume = ConfigMapVolume(tmp_path / "cm", {"config.yaml": "x: 1\n"})
-    before = file_signature(str(volume.path("config.yaml")))
+    volume = VolumeDir(tmp_path / "cm")
     volume.update({"config.yaml": "x: 1\n"})
-    after = file_signature(str(volume.path("config.yaml")))
+    before = file_signature(str(volume.root / "config.yaml"))
+    volume.update({"config.yaml": "x: 1\n"}, force=True)
+    after = file_signature(str(volume.root / "config.yaml"))
     assert before is not None and after is not None
     assert before[0] != after[0] and Path(after[0]).parent.name.startswith("..")
     assert file_signature(str(tmp_path / "missing.yaml")) is None
