@@ -180,6 +180,13 @@ def test_longest_tier_name_fits_what_kuberay_derives() -> None:
 POLICY_WHY = "the router Service of the policy is tiered-router-<name>, a DNS-1035 label of at most 63"
 # fmt: off
 POLICY_CASES: list[tuple[str, str, Any, list[str]]] = [
+    ("endpoint-as-base-url", "spec.tiers.1.external.baseURL", "https://api.example.com/v1/chat/completions", [
+        'spec.tiers[1].external: Invalid value: "object": baseURL is the API\'s base (e.g. '
+        "https://api.openai.com/v1), not an endpoint: the router appends /chat/completions or /completions "
+        "itself"]),
+    ("unknown-scope", "spec.rules.0.match.scope", "everything", [
+        'spec.rules[0].match.scope: Unsupported value: "everything": supported values: "lastUser", '
+        '"lastUserAndSystem", "conversation"', NOT_CHECKED]),
     ("name-50", "metadata.name", "p" * 50, [
         '<nil>: Invalid value: "object": metadata.name must be at most 49 characters (it has 50): ' + POLICY_WHY]),
     ("name-with-dot", "metadata.name", "team.a", [
@@ -327,3 +334,15 @@ def test_a_packaged_gguf_with_its_sha256_is_a_llama_cpp_source() -> None:
         "repository, not one file)"]
     assert errors(inference_tier_crd(), mutate(CPU_TIER, "spec.model.sha256", "abc"))[0].startswith(
         "spec.model.sha256: Invalid value: \"abc\"")
+
+
+def test_private_teams_need_a_local_tier() -> None:
+    external_only = {
+        "apiVersion": "tiered.dev/v1alpha1", "kind": "RoutingPolicy", "metadata": {"name": "default"},
+        "spec": {"tiers": [{"name": "frontier", "external": {"baseURL": "https://api.example.com/v1", "model": "m"},
+                            "pricing": {"inputPerMTok": 2, "outputPerMTok": 8}}],
+                 "default": "frontier", "privacy": {"privateTeams": ["legal"]}}}
+    assert errors(routing_policy_crd(), external_only) == [
+        'spec: Invalid value: "object": privacy.privateTeams needs a local tier (tierRef): private traffic never '
+        "leaves the cluster"]
+    assert errors(routing_policy_crd(), mutate(external_only, "spec.privacy.privateTeams", [])) == []

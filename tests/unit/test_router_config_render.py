@@ -52,3 +52,17 @@ def test_configmap_round_trips_through_the_routers_own_model() -> None:
     configmap = render_router_configmap(policy, config)
     assert configmap["metadata"]["name"] == "tiered-router-default"
     assert RouterConfig.model_validate(yaml.safe_load(configmap["data"][CONFIG_KEY])) == config
+
+
+def test_rules_carry_only_their_conditions_and_scope_and_attribution_reach_the_router() -> None:
+    policy, tiers = examples()
+    raw = policy.model_dump(by_alias=True)
+    raw["spec"]["rules"] = [{"match": {"keywords": ["refund"], "scope": "conversation"}, "tier": "triage"}]
+    raw["spec"]["attribution"] = {"features": ["search", "chat"], "maxLabelValues": 20}
+    config, _ = router_config(type(policy).model_validate(raw), tiers, bursting=False)
+    (rule,) = config.rules
+    assert rule.match.keywords == ["refund"] and rule.match.scope == "conversation"
+    assert rule.match.task_types == [] and rule.match.regex is None
+    dumped = yaml.safe_load(render_router_configmap(policy, config)["data"][CONFIG_KEY])
+    assert "regex" not in dumped["rules"][0]["match"]
+    assert (config.attribution.features, config.attribution.max_label_values) == (["search", "chat"], 20)

@@ -365,6 +365,16 @@ TIER_NAMES = "self.tiers.map(t, t.name)"
 class ExternalEndpoint(Spec):
     """A tier served by an external OpenAI- or Anthropic-compatible API."""
 
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "!self.baseURL.endsWith('/completions')",
+                "baseURL is the API's base (e.g. https://api.openai.com/v1), not an endpoint: the router appends "
+                "/chat/completions or /completions itself",
+            )
+        )
+    )
+
     base_url: str = Field(alias="baseURL", max_length=2048, pattern=r"^https?://.+", description="API base URL.")
     model: str = Field(min_length=1, max_length=256, description="Model name sent upstream.")
     provider: Literal["openai", "anthropic"] = Field(default="openai", description="API dialect.")
@@ -430,8 +440,15 @@ class RuleMatch(Spec):
     )
     min_prompt_tokens: int | None = Field(default=None, ge=0)
     max_prompt_tokens: int | None = Field(default=None, ge=0)
-    keywords: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list, max_length=256)
+    keywords: list[Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=list, max_length=256, description="Any of these as whole words, case-insensitive."
+    )
     regex: str | None = Field(default=None, max_length=1024)
+    scope: Literal["lastUser", "lastUserAndSystem", "conversation"] | None = Field(
+        default=None,
+        description="Text keywords and regex look at: the last user message (default), it and the system "
+        "prompt, or the whole conversation.",
+    )
     similar_to: SimilarTo | None = None
 
 
@@ -478,6 +495,20 @@ class Privacy(Spec):
     private_teams: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list, max_length=256)
     private_header: str = Field(
         default="x-tiered-private", max_length=128, description="Header marking a request private."
+    )
+
+
+class Attribution(Spec):
+    """Bounds on the team and feature values callers may claim (they become metric labels and cost rows)."""
+
+    features: list[Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=list, max_length=256,
+        description="With API keys: features a caller may name besides its key's own; others count as `other`.",
+    )
+    max_label_values: int | None = Field(
+        default=None, ge=1, le=10000,
+        description="Distinct values kept per label (team, feature, task) before new ones count as `other` "
+        "(router default 100).",
     )
 
 
@@ -585,6 +616,10 @@ class RoutingPolicySpec(Spec):
                 "!has(self.burst) || self.tiers.exists(t, t.name == self.burst.from && has(t.tierRef))",
                 "burst.from must be a local tier (tierRef): only InferenceTiers report the GPU signal burst needs",
             ),
+            (
+                "size(self.privacy.privateTeams) == 0 || self.tiers.exists(t, has(t.tierRef))",
+                "privacy.privateTeams needs a local tier (tierRef): private traffic never leaves the cluster",
+            ),
         )
     )
 
@@ -595,6 +630,7 @@ class RoutingPolicySpec(Spec):
     escalation: Escalation | None = None
     burst: Burst | None = None
     privacy: Privacy = Field(default_factory=Privacy)
+    attribution: Attribution | None = None
     cache: Cache | None = None
     budgets: list[Budget] = Field(default_factory=list, max_length=256)
     router: RouterDeployment = Field(default_factory=RouterDeployment)

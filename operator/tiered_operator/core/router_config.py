@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
-from tiered_router.config import Match, Pricing, Privacy, RouterConfig, Rule, Tier, TierKind
+from tiered_router.config import Attribution, Match, Pricing, Privacy, RouterConfig, Rule, Tier, TierKind
 
 from tiered_operator.api.model import InferenceTier, PolicyTier, PricingSpec, RoutingPolicy
 from tiered_operator.core.plan import PlanError, plan_capacity
@@ -125,9 +125,12 @@ def _router_config(
             continue
         match = rule.match
         try:
-            routed = Match(task_types=list(match.task_types), min_prompt_tokens=match.min_prompt_tokens,
-                           max_prompt_tokens=match.max_prompt_tokens, keywords=list(match.keywords),
-                           regex=match.regex)
+            # Only the conditions the rule has: the router refuses empty ones.
+            conditions: dict[str, Any] = {"task_types": list(match.task_types), "keywords": list(match.keywords),
+                                          "min_prompt_tokens": match.min_prompt_tokens,
+                                          "max_prompt_tokens": match.max_prompt_tokens, "regex": match.regex,
+                                          "scope": match.scope}
+            routed = Match(**{key: value for key, value in conditions.items() if value not in (None, [])})
         except ValidationError as error:
             raise RouterConfigRejected(f"{REJECTED}: rules[{index}].match: {_one_line(error)}") from None
         rules.append(Rule(name=f"rule-{index}", match=routed, tier=rule.tier))
@@ -143,6 +146,10 @@ def _router_config(
         rules=rules,
         privacy=Privacy(private_teams=list(spec.privacy.private_teams),
                         private_header=spec.privacy.private_header),
+        attribution=None if spec.attribution is None else Attribution(
+            features=list(spec.attribution.features),
+            **({"max_label_values": spec.attribution.max_label_values}
+               if spec.attribution.max_label_values is not None else {})),
     )
     return config, notes
 
