@@ -110,6 +110,25 @@ def contains(actual: Any, desired: Any) -> bool:
     return bool(actual == desired)
 
 
+def _update_if_drifted(
+    manifest: Mapping[str, Any], spec_hash: str, actual: Mapping[str, Any],
+    comparable: tuple[Any, Any] | None = None,
+) -> ChildAction | None:
+    """An update to `manifest` when `actual` carries another spec hash, or drifted from it: its metadata, or
+    `comparable` (the actual and desired views to compare; by default the server's copy against what an update
+    writes, where fields the server added are not drift). None when neither."""
+    metadata = {key: manifest["metadata"][key] for key in CHILD_METADATA if key in manifest["metadata"]}
+    content = {key: value for key, value in manifest.items() if key not in ("apiVersion", "kind", "metadata")}
+    update = {"metadata": metadata, **content}  # a merge patch's null deletes: no None here
+    actual_hash = ((actual.get("metadata") or {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+    if actual_hash != spec_hash:
+        return ChildAction("update", update, "spec changed")
+    actual_view, desired_view = comparable or (actual, content)
+    if not contains(actual.get("metadata") or {}, metadata) or not contains(actual_view, desired_view):
+        return ChildAction("update", update, "edited outside the operator")
+    return None
+
+
 def child_action(desired: RenderedRayService, actual: Mapping[str, Any] | None) -> ChildAction:
     """How to move the actual RayService to the desired one.
 
@@ -120,14 +139,10 @@ def child_action(desired: RenderedRayService, actual: Mapping[str, Any] | None) 
     manifest = desired.manifest
     if actual is None:
         return ChildAction("create")
-    metadata = {key: manifest["metadata"][key] for key in CHILD_METADATA if key in manifest["metadata"]}
-    update = {"metadata": metadata, "spec": manifest["spec"]}  # a merge patch's null deletes: no None here
-    actual_hash = ((actual.get("metadata") or {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
-    if actual_hash != desired.spec_hash:
-        return ChildAction("update", update, "spec changed")
-    if not contains(actual.get("metadata") or {}, metadata) or not contains(
-            without_replica_counts(actual), desired.comparable):
-        return ChildAction("update", update, "edited outside the operator")
+    drifted = _update_if_drifted(manifest, desired.spec_hash, actual,
+                                 (without_replica_counts(actual), desired.comparable))
+    if drifted is not None:
+        return drifted
     actual_replicas = replica_fields(actual)
     if actual_replicas != desired.replicas:
         # A rescale writes serveConfigV2 (the deployments override); worker bounds only when they changed.
@@ -144,15 +159,7 @@ def object_action(desired: RenderedObject, actual: Mapping[str, Any] | None) -> 
     whole object against the server's copy, so a hand edit is repaired and server defaults are not drift."""
     if actual is None:
         return ChildAction("create")
-    metadata = {key: desired.body["metadata"][key] for key in CHILD_METADATA if key in desired.body["metadata"]}
-    content = {key: value for key, value in desired.body.items() if key not in ("apiVersion", "kind", "metadata")}
-    update = {"metadata": metadata, **content}
-    actual_hash = ((actual.get("metadata") or {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
-    if actual_hash != desired.spec_hash:
-        return ChildAction("update", update, "spec changed")
-    if not contains(actual.get("metadata") or {}, metadata) or not contains(actual, content):
-        return ChildAction("update", update, "edited outside the operator")
-    return ChildAction("none")
+    return _update_if_drifted(desired.body, desired.spec_hash, actual) or ChildAction("none")
 
 
 @dataclass(frozen=True)
