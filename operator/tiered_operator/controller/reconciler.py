@@ -59,6 +59,7 @@ TIERS, POLICIES, RAYSERVICES = "inferencetiers", "routingpolicies", "rayservices
 # What runs a policy's router, by kind: the plural the API serves it under.
 ROUTER_KINDS = {"ServiceAccount": "serviceaccounts", "ConfigMap": "configmaps", "Deployment": "deployments",
                 "Service": "services", "HTTPRoute": "httproutes"}
+STATUS_MODELS: dict[str, type[TierStatus] | type[PolicyStatus]] = {TIERS: TierStatus, POLICIES: PolicyStatus}
 MAX_BACKOFF_SECONDS = 300.0
 # An unexpected error this many times in a row on one generation: stop until the object changes.
 MAX_ATTEMPTS = 8
@@ -280,8 +281,7 @@ class Controller:
 
     async def _report(self, key: Key, body: dict[str, Any], reason: str, message: str, *, invalid: bool) -> None:
         """A failed pass in status: Invalid (fix the spec) or Degraded (an error), with one Event."""
-        model: type[TierStatus] | type[PolicyStatus] = TierStatus if key[0] == TIERS else PolicyStatus
-        existing = parse_status(model, body.get("status"))
+        existing = parse_status(STATUS_MODELS[key[0]], body.get("status"))
         status = failed_status(existing, _generation(body), reason, message, self._now(), invalid=invalid)
         try:
             await self.write_status(key[0], body, status)
@@ -377,8 +377,7 @@ class Controller:
         meta = body["metadata"]
         raw = body.get("status") or {}
         patch = status_patch(raw, status)
-        model: type[TierStatus] | type[PolicyStatus] = TierStatus if plural == TIERS else PolicyStatus
-        before = parse_status(model, raw).conditions
+        before = parse_status(STATUS_MODELS[plural], raw).conditions
         all_events = [*(events or ()), *status_events(before, status.conditions)]
         if patch:
             self.metrics.writes.labels(f"{plural}/status").inc()

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tiered_operator.api.model import Burst
+from tiered_operator.api.status import timestamp
 from tiered_operator.core.scaling import Sample, fresh
 
 BurstReason = Literal["BurstStarted", "BurstEnded", "Bursting", "NotBursting", "MetricsUnavailable"]
@@ -58,7 +59,7 @@ class BurstState(BaseModel):
         """The public ``burst: {active, since, reason}`` block of the RoutingPolicy status."""
         since = None
         if self.since is not None:
-            since = datetime.fromtimestamp(self.since, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            since = timestamp(datetime.fromtimestamp(self.since, UTC))
         return {"active": self.active, "since": since, "reason": self.reason}
 
 
