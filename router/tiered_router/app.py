@@ -18,17 +18,27 @@ import asyncio
 import contextlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
 from aiohttp import web
 
-from tiered_router import auth, cost, forward
+from tiered_router import auth, cost, escalation, forward
 from tiered_router.attribution import ATTRIBUTION_KEYS, UNKNOWN, attribute, label
 from tiered_router.config import AUTO_MODEL, normalise_task
 from tiered_router.openapi import openapi_document
-from tiered_router.policy import UNKNOWN_MODEL, LiveState, RequestFeatures, choose_tier, estimate_tokens
+from tiered_router.policy import (
+    NO_SIGNALS,
+    UNKNOWN_MODEL,
+    Decision,
+    LiveState,
+    RequestFeatures,
+    choose_tier,
+    estimate_tokens,
+    trace_rules,
+)
+from tiered_router.scoring import explain_signals, route_signals
 from tiered_router.state import RouterState, Snapshot
 
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
@@ -60,6 +70,9 @@ def _uncancel() -> None:
     if task is not None:
         task.uncancel()
 
+
+ESCALATION_REASON = "escalation"
+"""The metrics `reason` of a second call to the escalation `to` tier."""
 
 SHUTTING_DOWN = "the router is shutting down and its deadline for requests in flight passed; retry"
 
@@ -105,15 +118,24 @@ class Call:
     team: str = UNKNOWN
     feature: str = UNKNOWN
     reason: str = ""
+    route_score: float | None = None
+    """The first classifier rule's score (x-tiered-route-score), when `model: auto` was scored."""
     started: float = 0.0
     """perf_counter() when the handler started; `sent` when the answering attempt was sent upstream."""
     sent: float = 0.0
+    private: bool = False
+    probe: forward.Target | None = None
+    """The escalation `from` tier's target: its answer's confidence is checked (`Handlers._escalate`)."""
+    probe_fields: dict[str, Any] = field(default_factory=dict)
+    """Logprob fields added to the body sent to `probe` (the client did not ask for them)."""
 
     def payload_for(self, target: forward.Target) -> bytes:
-        """The body for one tier: the client's bytes unless the model name, stream options or (for an
-        external tier) tiered's attribution in `metadata` must change."""
+        """The body for one tier: the client's bytes unless the model name, stream options, logprobs for a
+        confidence check or (for an external tier) tiered's attribution in `metadata` must change."""
         body = self.body
         changed = body.get("model") != target.model
+        if target is self.probe and self.probe_fields:
+            body, changed = {**body, **self.probe_fields}, True  # a copy: other tiers get the client's fields
         if self.stream and not (body.get("stream_options") or {}).get("include_usage"):
             # Ask for usage in the stream so streamed tokens are priced from real counts.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
@@ -209,15 +231,10 @@ class Handlers:
     async def _answer(self, request: web.Request, call: Call, snap: Snapshot) -> web.StreamResponse:
         state = self.state
         try:
-            private, task, model, last_user, system = await self._read(request, snap, call)
-            features = RequestFeatures(
-                model, estimate_tokens(len(call.text)), task, last_user, private, system, call.text
-            )
-            live = LiveState(state.flight.count, state.breakers.open_until, time.monotonic())
-            decision = choose_tier(features, snap.config, live)
+            features, decision = await self._decide(request, snap, call)
             if decision.tier is None:
                 if decision.reason == UNKNOWN_MODEL:
-                    message = f"model {model!r} does not exist; use a tier name or {AUTO_MODEL!r}"
+                    message = f"model {features.model!r} does not exist; use a tier name or {AUTO_MODEL!r}"
                     raise Reject(404, message, "invalid_request_error", "model_not_found", param="model")
                 raise Reject(
                     503,
@@ -231,6 +248,7 @@ class Handlers:
             ):
                 message = f"tier {decision.tier!r} is at its concurrency budget; private requests cannot overflow"
                 raise Reject(503, message, "service_unavailable", "private_queue_full", decision.tier, 1)
+            self._plan_escalation(call, snap, features.private)
             try:
                 tier, response, call.sent = await state.upstream.open(
                     snap.config, snap.targets, decision.chain, call.chat, call.payload_for, snap.timeout
@@ -254,6 +272,55 @@ class Handlers:
         finally:
             await response.aclose()
             state.flight.leave(tier)
+
+    async def _decide(self, request: web.Request, snap: Snapshot, call: Call) -> tuple[RequestFeatures, Decision]:
+        """Read the request and choose its tier (`model: auto` with classifier or similarTo rules: scored)."""
+        private, task, model, last_user, system = await self._read(request, snap, call)
+        signals = NO_SIGNALS
+        routing = snap.routing
+        if model == AUTO_MODEL and routing is not None:
+            signals = await route_signals(routing, self.state.embedder, last_user or call.text)
+            for head, score in signals.scores.items():
+                self.state.metrics.route_score.labels(head).observe(score)
+            call.route_score = next(iter(signals.scores.values()), None)
+        features = RequestFeatures(
+            model, estimate_tokens(len(call.text)), task, last_user, private, system, call.text, signals
+        )
+        live = LiveState(self.state.flight.count, self.state.breakers.open_until, time.monotonic())
+        return features, choose_tier(features, snap.config, live)
+
+    async def explain(self, request: web.Request) -> web.Response:
+        """`POST /v1/tiered/explain`: the body of a completion request in, the routing decision out — the
+        features, signals, every rule's outcome and the chosen chain — without forwarding anything."""
+        snap = self.state.snapshot
+        call = Call(chat=request.match_info.get("kind", "chat") != "completions")
+        try:
+            features, decision = await self._decide(request, snap, call)
+        except Reject as reject:
+            return error_response(reject.status, reject.message, reject.kind, reject.code, reject.headers, reject.param)
+        explanation = {
+            "model": features.model,
+            "tier": decision.tier,
+            "reason": decision.reason,
+            "chain": list(decision.chain),
+            "queue": decision.queue,
+            "team": call.team,
+            "feature": call.feature,
+            "features": {
+                "promptTokens": features.prompt_tokens,
+                "task": features.task,
+                "private": features.private,
+                "lastUserChars": len(features.text),
+            },
+            "signals": explain_signals(snap.routing, features.text, features.signals),
+            "rules": [
+                {"rule": t.rule, "tier": t.tier, "matched": t.matched, "unmet": t.unmet}
+                for t in trace_rules(features, snap.config)
+            ]
+            if features.model == AUTO_MODEL
+            else [],
+        }
+        return web.json_response(explanation)
 
     async def _read(self, request: web.Request, snap: Snapshot, call: Call) -> tuple[bool, str | None, str, str, str]:
         """Authenticate, read and check the body, attribute; fills `call`.
@@ -332,8 +399,11 @@ class Handlers:
         """Pass the upstream's answer to the client and account for it."""
         metrics = self.state.metrics
         headers = {"x-tiered-tier": tier, "x-tiered-reason": call.reason}
+        if call.route_score is not None:
+            headers["x-tiered-route-score"] = f"{call.route_score:.4f}"
         content_type = response.headers.get("content-type", "application/json")
         if call.stream and response.status_code == 200 and content_type.startswith("text/event-stream"):
+            self._skip_escalation(snap, tier, headers)
             return await self._stream(request, response, snap, call, tier, headers)
         try:
             # Straight from the transport's byte stream: no decoding (we asked for identity) and none of
@@ -348,6 +418,9 @@ class Handlers:
         if status == 200:
             usage = cost.usage_from_json(data) or _estimate_json(call.text, data)
             self._account(snap, call, tier, "200", usage, finished - call.sent)
+            if call.probe is not None and snap.targets[tier] is call.probe:
+                data, waited = await self._escalate(snap, call, data, headers)
+                finished += waited
         else:
             metrics.answered(tier, call.team, call.feature, call.reason, str(status))
         reply = web.Response(body=data, status=status, headers=headers)
@@ -356,6 +429,86 @@ class Handlers:
             reply.force_close()  # `Connection: close`: the client reconnects, through the Service, elsewhere
         metrics.overhead.observe(call.sent - call.started + time.perf_counter() - finished)
         return reply
+
+    def _plan_escalation(self, call: Call, snap: Snapshot, private: bool) -> None:
+        """With an escalation, a non-streaming request asks the `from` tier for the logprobs it needs."""
+        config = snap.config.escalation
+        if config is None or call.stream:
+            return
+        call.private = private
+        call.probe = snap.targets[config.from_tier]
+        call.probe_fields = escalation.ask_for_logprobs(call.body, call.chat, config.method)
+
+    def _skip_escalation(self, snap: Snapshot, tier: str, headers: dict[str, str]) -> None:
+        """Streams are not escalated: their tokens reach the client as they come, before any confidence is
+        known, and buffering the answer to judge it first would defeat streaming (docs/router.md)."""
+        config = snap.config.escalation
+        if config is not None and tier == config.from_tier:
+            headers["x-tiered-escalation"] = escalation.HEADER_VALUES[escalation.Outcome.STREAMING_SKIPPED]
+            self.state.metrics.escalations.labels(config.from_tier, config.to, "streaming_skipped").inc()
+
+    async def _escalate(
+        self, snap: Snapshot, call: Call, data: bytes, headers: dict[str, str]
+    ) -> tuple[bytes, float]:
+        """Judge the `from` tier's answer (`data`, already accounted) by its confidence; below
+        `minConfidence` ask `to` the same request. Returns the body to send (`to`'s answer, or the first
+        answer as the client asked for it) and the seconds spent waiting on `to`; sets the headers."""
+        config = snap.config.escalation
+        assert config is not None  # a probe is planned only with an escalation
+        try:
+            answer = json.loads(data)
+        except ValueError:
+            answer = None
+        confidence = escalation.confidence(answer, config.method)
+        outcome = escalation.decide(confidence, config, call.private, snap.targets[config.to].external)
+        if confidence is not None:
+            headers["x-tiered-confidence"] = f"{confidence:.6f}"
+        waited = 0.0
+        better = None
+        if outcome is escalation.Outcome.ESCALATED:
+            started = time.perf_counter()
+            better = await self._ask_escalation_tier(snap, call, config.to)
+            waited = time.perf_counter() - started
+            if better is None:
+                outcome = escalation.Outcome.FAILED  # the first answer is a valid answer: send it
+        self.state.metrics.escalations.labels(config.from_tier, config.to, outcome.value).inc()
+        headers["x-tiered-escalation"] = escalation.HEADER_VALUES[outcome]
+        if better is not None:
+            headers["x-tiered-escalated"] = "1"
+            headers["x-tiered-tier"] = config.to
+            return better, waited
+        if call.probe_fields and isinstance(answer, dict):
+            asked = escalation.client_asked(call.body, call.chat)
+            data = json.dumps(escalation.restore(answer, asked, call.chat)).encode()
+        return data, waited
+
+    async def _ask_escalation_tier(self, snap: Snapshot, call: Call, tier: str) -> bytes | None:
+        """`tier`'s 200 answer to the client's request, accounted (reason `escalation`); None if it failed.
+        Only `tier` itself is tried (its fallbacks are not: the first answer is there to fall back on)."""
+        state = self.state
+        if state.breakers.open_until.get(tier, 0.0) > time.monotonic():
+            return None
+        again = replace(call, reason=ESCALATION_REASON, probe=None)
+        try:
+            tier, response, sent = await state.upstream.open(
+                snap.config, snap.targets, (tier,), call.chat, again.payload_for, snap.timeout
+            )
+        except forward.Exhausted:
+            return None
+        try:
+            data = b"".join([chunk async for chunk in response.stream])  # type: ignore[union-attr]
+        except forward.UPSTREAM_ERRORS:
+            state.metrics.answered(tier, call.team, call.feature, ESCALATION_REASON, "502")
+            return None
+        finally:
+            await response.aclose()
+            state.flight.leave(tier)
+        if response.status_code != 200:
+            state.metrics.answered(tier, call.team, call.feature, ESCALATION_REASON, str(response.status_code))
+            return None
+        usage = cost.usage_from_json(data) or _estimate_json(call.text, data)
+        self._account(snap, again, tier, "200", usage, time.perf_counter() - sent)
+        return data
 
     async def _stream(
         self,
@@ -536,6 +689,7 @@ def build_app(state: RouterState, serve_metrics: bool = True) -> web.Application
     app.router.add_get("/v1/models", handlers.models)
     app.router.add_get("/v1/tiered/costs", handlers.costs)
     app.router.add_get("/v1/tiered/status", handlers.status)
+    app.router.add_post("/v1/tiered/explain", handlers.explain)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     if serve_metrics:
@@ -547,6 +701,7 @@ def build_app(state: RouterState, serve_metrics: bool = True) -> web.Application
         yield
         watcher.cancel()
         await state.upstream.transport.aclose()
+        state.embedder.close()
 
     app.cleanup_ctx.append(lifespan)
     return app

@@ -21,6 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from tiered_router.escalation import Escalation
+
 AUTO_MODEL = "auto"
 """The `model` value that asks the router to choose the tier by rules."""
 
@@ -105,6 +107,30 @@ def keyword_pattern(keywords: list[str]) -> re.Pattern[str]:
     return re.compile(r"(?<!\w)(?:" + "|".join(bodies) + r")(?!\w)", re.IGNORECASE)
 
 
+DEFAULT_ROUTE_HEAD = "route-v1"
+"""The learned router the package ships (`tiered_router/heads/route-v1.json`, trained by `make train-router`)."""
+
+
+class Classifier(_Model):
+    """The learned router: the probability that a request needs the frontier tier, from its text alone."""
+
+    head: str = Field(
+        DEFAULT_ROUTE_HEAD,
+        pattern=r"^[a-z0-9][a-z0-9.-]{0,62}$",
+        description="Which trained head scores the request (package data of the router).",
+    )
+    threshold: float = Field(
+        0.5, ge=0, le=1, description="The rule matches when the score is at least this (x-tiered-route-score)."
+    )
+
+
+class SimilarTo(_Model):
+    """Semantic match: the last user message is close to one of the examples (cosine of sentence embeddings)."""
+
+    examples: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(min_length=1, max_length=256)
+    threshold: float = Field(0.8, ge=0, le=1, description="Cosine similarity at least this to match.")
+
+
 class Match(_Model):
     """Conditions of a rule; all given conditions must hold. A match without any condition matches everything
     and is accepted only on the last rule (on any other it would hide the rules after it)."""
@@ -123,6 +149,12 @@ class Match(_Model):
     scope: MatchScope | None = Field(
         None,
         description="Text keywords and regex look at: lastUser (default), lastUserAndSystem or conversation.",
+    )
+    classifier: Classifier | None = Field(
+        None, description="The learned router's score (needs the encoder, extra `tiered[router-ml]`)."
+    )
+    similar_to: SimilarTo | None = Field(
+        None, description="Close to one of these examples (needs the encoder, extra `tiered[router-ml]`)."
     )
 
     @field_validator("task_types")
@@ -164,6 +196,8 @@ class Match(_Model):
             or self.regex is not None
             or self.min_prompt_tokens is not None
             or self.max_prompt_tokens is not None
+            or self.classifier is not None
+            or self.similar_to is not None
         )
 
     @cached_property
@@ -219,6 +253,17 @@ class Attribution(_Model):
     )
 
 
+class EncoderSettings(_Model):
+    """How the sentence encoder behind classifier and similarTo rules runs (one per router process)."""
+
+    timeout_ms: float = Field(
+        50.0, gt=0, description="Time budget per request; past it the encoder's rules are skipped and counted."
+    )
+    max_tokens: int = Field(128, ge=16, le=512, description="Tokens embedded per text (head and tail kept).")
+    cache_entries: int = Field(10000, ge=0, description="Embeddings kept by text (LRU); 0 turns the cache off.")
+    batch_max: int = Field(16, ge=1, le=256, description="Texts embedded together when requests arrive at once.")
+
+
 class Timeouts(_Model):
     connect_seconds: float = Field(2.0, gt=0, description="TCP connect to an upstream.")
     read_seconds: float = Field(120.0, gt=0, description="Longest silence while reading an upstream reply.")
@@ -250,6 +295,12 @@ class RouterConfig(_Model):
     max_connections: int = Field(256, ge=1, description="Upstream connection pool size (read at start).")
     attribution: Attribution | None = Field(
         None, description="Allowed features and the label cardinality cap; none means the defaults."
+    )
+    escalation: Escalation | None = Field(
+        None, description="Re-ask `to` when an answer from `from` is less confident than `minConfidence`."
+    )
+    encoder: EncoderSettings = Field(
+        default_factory=EncoderSettings, description="The encoder behind classifier and similarTo rules."
     )
 
     @model_validator(mode="after")
@@ -292,6 +343,11 @@ class RouterConfig(_Model):
                     "(e.g. https://host/v1): the router appends /chat/completions or /completions"
                 )
             problems.extend(_pricing_problems(tier))
+        if self.escalation is not None:
+            need(self.escalation.from_tier, "escalation.from")
+            need(self.escalation.to, "escalation.to")
+            if self.escalation.from_tier == self.escalation.to:
+                problems.append(f"escalation.from and escalation.to are both {self.escalation.to!r}; they must differ")
         if self.privacy.local_tier and self.tier(self.privacy.local_tier).kind is not TierKind.LOCAL:
             problems.append(f"privacy.localTier {self.privacy.local_tier!r} must be a local tier")
         if self.privacy.private_teams and not any(t.kind is TierKind.LOCAL for t in self.tiers):
@@ -299,6 +355,11 @@ class RouterConfig(_Model):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def needs_encoder(self) -> bool:
+        """Some rule scores or compares embeddings: the router loads the encoder for this config."""
+        return any(r.match.classifier is not None or r.match.similar_to is not None for r in self.rules)
 
     @property
     def bounds(self) -> Attribution:

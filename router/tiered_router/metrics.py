@@ -56,6 +56,13 @@ class RouterMetrics:
         self.upstream_errors = Counter(
             "tiered_router_upstream_errors", "Failed upstream attempts.", ["tier", "cause"], registry=r
         )
+        self.escalations = Counter(
+            "tiered_router_escalations",
+            "Answers of the escalation `from` tier by outcome: escalated, kept, no_logprobs, private_kept, "
+            "streaming_skipped, failed.",
+            ["from", "to", "outcome"],
+            registry=r,
+        )
         self.unknown_tasks = Counter(
             "tiered_router_unknown_tasks",
             "Requests naming a task type no rule lists (task: the value, bounded like team and feature).",
@@ -79,6 +86,26 @@ class RouterMetrics:
             "Upstream time from send to the last byte.",
             ["tier"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.route_signals = Counter(
+            "tiered_router_route_signals",
+            "Embeddings for classifier and similarTo rules (outcome: ok|cached|timeout|error; timeout and "
+            "error skip those rules for the request).",
+            ["outcome"],
+            registry=r,
+        )
+        self.encoder_seconds = Histogram(
+            "tiered_router_encoder_seconds",
+            "Encoder time per batch of texts.",
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.route_score = Histogram(
+            "tiered_router_route_score",
+            "Classifier scores (probability a request needs the frontier tier) by head.",
+            ["head"],
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
             registry=r,
         )
         self.ttft = Histogram(

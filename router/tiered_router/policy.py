@@ -3,8 +3,11 @@
 It never sees an HTTP request: the server extracts `RequestFeatures` (only what routing needs) and a
 `LiveState` snapshot (tiers in flight, open breakers, the clock) and applies the decision. Order:
 
-1. `model` names a tier → that tier (`explicit`); `model: auto` → the first matching rule (`rule:<name>`),
-   else the default tier (`default`); anything else → no tier (`unknown-model`, a 404).
+1. `model` names a tier → that tier (`explicit`); `model: auto` → the first matching rule (`rule:<name>`;
+   a classifier rule: `classifier`), else the default tier (`default`); anything else → no tier
+   (`unknown-model`, a 404). Classifier and similarTo conditions read `RequestFeatures.signals`, computed
+   by the server before this call (`tiered_router.learned`); a signal that is missing (the encoder timed
+   out or failed) makes its rule not match, so routing goes on with the next rule.
 2. Private requests whose tier is external go to the private local tier instead (`private`).
 3. A local tier over its concurrency budget with its burst flag on sends the request to its burst target
    (`burst`), except private requests, which queue for a local slot (`queue=True`).
@@ -25,6 +28,19 @@ UNAVAILABLE = "unavailable"
 
 
 @dataclass(frozen=True, slots=True)
+class RouteSignals:
+    """What the encoder said about a request's last user message."""
+
+    scores: Mapping[str, float] = field(default_factory=dict)
+    """Classifier head → probability that the request needs the frontier tier."""
+    similarity: Mapping[int, float] = field(default_factory=dict)
+    """Rule index → the best cosine similarity to that rule's `similarTo` examples."""
+
+
+NO_SIGNALS = RouteSignals()
+
+
+@dataclass(frozen=True, slots=True)
 class RequestFeatures:
     """What routing may know about a request."""
 
@@ -39,6 +55,7 @@ class RequestFeatures:
     """System and developer messages (scope `lastUserAndSystem`)."""
     conversation: str | None = None
     """Every message's text (scope `conversation`); None means the same as `text`."""
+    signals: RouteSignals = NO_SIGNALS
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +127,39 @@ def private_local_tier(config: RouterConfig) -> str | None:
     return next((t.name for t in config.tiers if t.kind is TierKind.LOCAL), None)
 
 
+CLASSIFIER_REASON = "classifier"
+
+
+def rule_name(index: int, name: str | None) -> str:
+    return name or f"rule-{index}"
+
+
 def _by_rules(features: RequestFeatures, config: RouterConfig) -> tuple[str, str]:
     for i, rule in enumerate(config.rules):
-        if _matches(rule.match, features):
-            return rule.tier, f"rule:{rule.name or f'rule-{i}'}"
+        if _unmet(rule.match, features, i) is None:
+            reason = CLASSIFIER_REASON if rule.match.classifier is not None else f"rule:{rule_name(i, rule.name)}"
+            return rule.tier, reason
     return config.default, "default"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleTrace:
+    rule: str
+    tier: str
+    matched: bool
+    unmet: str | None
+    """The first condition that did not hold (None when the rule matched)."""
+
+
+def trace_rules(features: RequestFeatures, config: RouterConfig) -> list[RuleTrace]:
+    """Every rule with whether it matched and, if not, why: what `/v1/tiered/explain` shows.
+
+    It evaluates all rules (routing stops at the first match); `choose_tier` says which one won."""
+    traces = []
+    for i, rule in enumerate(config.rules):
+        unmet = _unmet(rule.match, features, i)
+        traces.append(RuleTrace(rule_name(i, rule.name), rule.tier, unmet is None, unmet))
+    return traces
 
 
 def scoped_text(scope: MatchScope | None, features: RequestFeatures) -> str:
@@ -126,20 +171,34 @@ def scoped_text(scope: MatchScope | None, features: RequestFeatures) -> str:
     return f"{features.system}\n{features.text}" if features.system else features.text
 
 
-def _matches(match: Match, features: RequestFeatures) -> bool:
+def _unmet(match: Match, features: RequestFeatures, index: int) -> str | None:
+    """The first condition of `match` that does not hold, or None when the rule matches."""
     if match.task_types and features.task not in match.task_types:
-        return False
+        return "taskTypes"
     if match.min_prompt_tokens is not None and features.prompt_tokens < match.min_prompt_tokens:
-        return False
+        return "minPromptTokens"
     if match.max_prompt_tokens is not None and features.prompt_tokens > match.max_prompt_tokens:
-        return False
+        return "maxPromptTokens"
     keywords, regex = match.keyword_re, match.regex_re  # compiled once per config
-    if keywords is None and regex is None:
-        return True
-    text = scoped_text(match.scope, features)
-    if keywords is not None and keywords.search(text) is None:
-        return False
-    return regex is None or regex.search(text) is not None
+    if keywords is not None or regex is not None:
+        text = scoped_text(match.scope, features)
+        if keywords is not None and keywords.search(text) is None:
+            return "keywords"
+        if regex is not None and regex.search(text) is None:
+            return "regex"
+    if match.similar_to is not None:
+        similarity = features.signals.similarity.get(index)
+        if similarity is None:
+            return "similarTo (no embedding: skipped)"
+        if similarity < match.similar_to.threshold:
+            return "similarTo"
+    if match.classifier is not None:
+        score = features.signals.scores.get(match.classifier.head)
+        if score is None:
+            return "classifier (no score: skipped)"
+        if score < match.classifier.threshold:
+            return "classifier"
+    return None
 
 
 def estimate_tokens(chars: int) -> int:

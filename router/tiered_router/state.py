@@ -27,6 +27,7 @@ from tiered_router.attribution import LabelBounds
 from tiered_router.breaker import CLOSED, HALF_OPEN, OPEN, Breakers
 from tiered_router.config import AUTO_MODEL, RouterConfig, TierKind, load_config
 from tiered_router.metrics import RouterMetrics
+from tiered_router.scoring import Embedder, RoutingModels, routing_models
 
 log = logging.getLogger("tiered.router")
 
@@ -47,10 +48,13 @@ class Snapshot:
     task_types: frozenset[str]
     """Every task type a rule names (others are counted as unknown)."""
     max_label_values: int
+    routing: RoutingModels | None
+    """Classifier heads and similarTo example embeddings; None when no rule needs the encoder."""
 
 
-def build_snapshot(config: RouterConfig) -> Snapshot:
-    """Everything the request path needs from a config; raises ValueError (e.g. unreadable key file)."""
+def build_snapshot(config: RouterConfig, embedder: Embedder) -> Snapshot:
+    """Everything the request path needs from a config; raises ValueError (e.g. unreadable key file, a
+    classifier rule without the encoder installed)."""
     keys = auth.load_keys(config.api_keys_file) if config.api_keys_file else None
     targets = {}
     for tier in config.tiers:
@@ -78,6 +82,7 @@ def build_snapshot(config: RouterConfig) -> Snapshot:
         frozenset(config.bounds.features),
         frozenset(task for rule in config.rules for task in rule.match.task_types),
         config.bounds.max_label_values,
+        routing_models(config, embedder),
     )
 
 
@@ -146,10 +151,13 @@ class RouterState:
         config_signature = file_signature(config_path)  # before reading: a change while reading is seen later
         config = load_config(config_path)
         keys_signature = file_signature(config.api_keys_file)
-        self.snapshot = build_snapshot(config)
+        self.metrics = RouterMetrics()
+        self.embedder = Embedder(
+            lambda outcome: self.metrics.route_signals.labels(outcome).inc(), self.metrics.encoder_seconds.observe
+        )
+        self.snapshot = build_snapshot(config, self.embedder)
         self._signatures = (config_signature, keys_signature)
         self.lifecycle = Lifecycle()
-        self.metrics = RouterMetrics()
         self.breakers = Breakers()
         self.flight = forward.InFlight()
         self.ledger = cost.CostLedger()
@@ -242,7 +250,7 @@ class RouterState:
         try:
             config = load_config(self.config_path)
             keys_signature = file_signature(config.api_keys_file)
-            snapshot = build_snapshot(config)
+            snapshot = build_snapshot(config, self.embedder)
         except ValueError as error:
             if self._failed != signatures:
                 self._failed = signatures  # first failure of this version: look again at the next check
