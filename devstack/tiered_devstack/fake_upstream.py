@@ -9,6 +9,10 @@ the router through failures without timing tricks:
   `fail` answers `status` (default 500), `429` answers 429, `stall` never answers (until the client gives
   up), `hold` streams the first chunk and then waits for `POST /_fake/release`. `times` limits how many
   requests the mode applies to before falling back to `ok` (omit for "until changed").
+- `POST /_fake/logprobs` `{"logprob": -0.05, "top2": -3.0, "omit": false}` sets the logprobs answers carry
+  when a request asks for them (chat `logprobs: true`, text completions `logprobs: N`): every token gets
+  `logprob`; with `top_logprobs`/`logprobs` ≥ 2 the second alternative gets `top2`; `omit` answers
+  without logprobs even when asked. `reset` restores these defaults.
 - `GET /_fake/stats` → `{"requests": N, "bodies": [... last 50 request bodies ...]}`;
   `POST /_fake/reset` clears counters and mode.
 
@@ -53,6 +57,9 @@ class FakeState:
         self.usage: dict[str, int] | None = None
         self.omit_usage = False
         self.chunks = len(REPLY_WORDS)
+        self.logprob = -0.05
+        self.top2 = -3.0
+        self.omit_logprobs = False
         self.requests = 0
         self.bodies: deque[Any] = deque(maxlen=50)
         self.release = asyncio.Event()
@@ -80,8 +87,51 @@ def _usage(state: FakeState, body: dict[str, Any], completion_tokens: int) -> di
     return {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
 
 
-def _logprobs(words: list[str]) -> dict[str, Any]:
-    return {"content": [{"token": w, "logprob": -0.05, "bytes": list(w.encode()), "top_logprobs": []} for w in words]}
+ALTERNATIVE = "perhaps"
+"""The second-best token in `top_logprobs` (logprob `top2`)."""
+
+
+def _alternatives(state: FakeState, word: str, count: int) -> list[tuple[str, float]]:
+    return [(word, state.logprob), (ALTERNATIVE, state.top2)][:count]
+
+
+def _logprobs(state: FakeState, words: list[str], count: int) -> dict[str, Any]:
+    """Chat shape: `content[]` of {token, logprob, bytes, top_logprobs[]}."""
+    return {
+        "content": [
+            {
+                "token": w,
+                "logprob": state.logprob,
+                "bytes": list(w.encode()),
+                "top_logprobs": [
+                    {"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in _alternatives(state, w, count)
+                ],
+            }
+            for w in words
+        ],
+        "refusal": None,
+    }
+
+
+def _completion_logprobs(state: FakeState, words: list[str], count: int) -> dict[str, Any]:
+    """Text-completion shape: parallel `tokens`, `token_logprobs`, `top_logprobs` (dicts), `text_offset`."""
+    pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+    offsets = [sum(len(p) for p in pieces[:i]) for i in range(len(pieces))]
+    return {
+        "tokens": pieces,
+        "token_logprobs": [state.logprob for _ in pieces],
+        "top_logprobs": [dict(_alternatives(state, p, count)) for p in pieces],
+        "text_offset": offsets,
+    }
+
+
+def _asked_logprobs(body: dict[str, Any], chat: bool) -> int | None:
+    """Alternatives per token the request asks for, or None for no logprobs."""
+    if chat:
+        top = body.get("top_logprobs")
+        return (top if isinstance(top, int) else 0) if body.get("logprobs") is True else None
+    value = body.get("logprobs")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -103,7 +153,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     words = REPLY_WORDS[: state.chunks]
     model = body.get("model", state.name)
     created = int(time.time())
-    want_logprobs = bool(body.get("logprobs"))
+    count = None if state.omit_logprobs else _asked_logprobs(body, chat)
     if not body.get("stream"):
         usage = None if state.omit_usage else _usage(state, body, len(words))
         text = " ".join(words)
@@ -112,10 +162,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
                 "index": 0,
                 "finish_reason": "stop",
                 "message": {"role": "assistant", "content": text},
-                "logprobs": _logprobs(words) if want_logprobs else None,
+                "logprobs": None if count is None else _logprobs(state, words, count),
             }
         else:
-            choice = {"index": 0, "finish_reason": "stop", "text": text, "logprobs": None}
+            logprobs = None if count is None else _completion_logprobs(state, words, count)
+            choice = {"index": 0, "finish_reason": "stop", "text": text, "logprobs": logprobs}
         payload = {
             "id": "fake-1",
             "object": "chat.completion" if chat else "text_completion",
@@ -137,7 +188,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                 "index": 0,
                 "delta": {"content": delta},
                 "finish_reason": None,
-                "logprobs": _logprobs([word]) if want_logprobs else None,
+                "logprobs": None if count is None else _logprobs(state, [word], count),
             }
         else:
             choice = {"index": 0, "text": delta, "finish_reason": None, "logprobs": None}
@@ -179,6 +230,15 @@ async def set_mode(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+async def set_logprobs(request: web.Request) -> web.Response:
+    state: FakeState = request.app["state"]
+    spec = await request.json()
+    state.logprob = float(spec.get("logprob", -0.05))
+    state.top2 = float(spec.get("top2", -3.0))
+    state.omit_logprobs = bool(spec.get("omit", False))
+    return web.json_response({"ok": True})
+
+
 async def release(request: web.Request) -> web.Response:
     request.app["state"].release.set()
     return web.json_response({"ok": True})
@@ -201,6 +261,7 @@ def build_app(name: str = "fake") -> web.Application:
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", models)
     app.router.add_post("/_fake/mode", set_mode)
+    app.router.add_post("/_fake/logprobs", set_logprobs)
     app.router.add_post("/_fake/release", release)
     app.router.add_get("/_fake/stats", stats)
     app.router.add_post("/_fake/reset", reset)
