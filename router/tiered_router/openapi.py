@@ -26,6 +26,16 @@ _ROUTING_HEADERS = {
         "description": "Why: explicit, rule:<name>, default, private, burst.",
         "schema": {"type": "string"},
     },
+    "x-tiered-escalation": {
+        "description": "Answers of the escalation `from` tier: escalated, kept, no-logprobs, private-kept, "
+        "skipped-streaming, failed.",
+        "schema": {"type": "string"},
+    },
+    "x-tiered-confidence": {
+        "description": "The `from` tier answer's confidence (escalation method), 0 to 1.",
+        "schema": {"type": "string"},
+    },
+    "x-tiered-escalated": {"description": "1 when the escalation `to` tier answered.", "schema": {"type": "string"}},
 }
 
 
