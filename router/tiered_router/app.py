@@ -444,8 +444,9 @@ class Handlers:
         known, and buffering the answer to judge it first would defeat streaming (docs/router.md)."""
         config = snap.config.escalation
         if config is not None and tier == config.from_tier:
-            headers["x-tiered-escalation"] = escalation.HEADER_VALUES[escalation.Outcome.STREAMING_SKIPPED]
-            self.state.metrics.escalations.labels(config.from_tier, config.to, "streaming_skipped").inc()
+            skipped = escalation.Outcome.STREAMING_SKIPPED
+            headers["x-tiered-escalation"] = escalation.HEADER_VALUES[skipped]
+            self.state.metrics.escalations.labels(config.from_tier, config.to, skipped.value).inc()
 
     async def _escalate(
         self, snap: Snapshot, call: Call, data: bytes, headers: dict[str, str]
