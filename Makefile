@@ -7,7 +7,7 @@ STAMPS := .stamps
 VPY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help setup test lint crds chart-crds bench demo clean
+.PHONY: help setup test lint crds chart-crds bench demo train-router clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -56,7 +56,7 @@ test: lint ## lint, then run all tests (unit, integration, e2e)
 	$(VPY) -m pytest -q -p no:cacheprovider
 
 lint: setup ## ruff, mypy (strict on pure modules), import-linter
-	$(VENV)/bin/ruff check operator router serving devstack tests bench
+	$(VENV)/bin/ruff check operator router serving devstack tests bench scripts
 	$(VENV)/bin/mypy operator/tiered_operator router/tiered_router serving/tiered_serving devstack/tiered_devstack
 	$(VENV)/bin/lint-imports
 
@@ -73,6 +73,11 @@ bench: setup ## print performance numbers
 	$(VPY) bench/router.py
 	$(VPY) bench/serving.py
 	$(VPY) bench/encoder.py
+	$(VPY) bench/routing_decision.py
+	$(VPY) bench/routing_eval.py
+
+train-router: setup ## retrain the learned router's head (router/tiered_router/heads/route-v1.json) from data/routing/
+	$(VPY) scripts/train_router.py
 
 demo: setup ## app → router → real models on a local Ray Serve, burst and a cost report; ARGS=--keep leaves it up
 	$(VPY) -m tiered_devstack.demo $(ARGS)

@@ -448,9 +448,7 @@ class Handlers:
             headers["x-tiered-escalation"] = escalation.HEADER_VALUES[skipped]
             self.state.metrics.escalations.labels(config.from_tier, config.to, skipped.value).inc()
 
-    async def _escalate(
-        self, snap: Snapshot, call: Call, data: bytes, headers: dict[str, str]
-    ) -> tuple[bytes, float]:
+    async def _escalate(self, snap: Snapshot, call: Call, data: bytes, headers: dict[str, str]) -> tuple[bytes, float]:
         """Judge the `from` tier's answer (`data`, already accounted) by its confidence; below
         `minConfidence` ask `to` the same request. Returns the body to send (`to`'s answer, or the first
         answer as the client asked for it) and the seconds spent waiting on `to`; sets the headers."""

@@ -119,8 +119,12 @@ class Classifier(_Model):
         pattern=r"^[a-z0-9][a-z0-9.-]{0,62}$",
         description="Which trained head scores the request (package data of the router).",
     )
-    threshold: float = Field(
-        0.5, ge=0, le=1, description="The rule matches when the score is at least this (x-tiered-route-score)."
+    threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="The rule matches when the score (x-tiered-route-score) is at least this; default: the "
+        "operating point the head was trained for (in its metrics).",
     )
 
 
@@ -261,7 +265,6 @@ class EncoderSettings(_Model):
     )
     max_tokens: int = Field(128, ge=16, le=512, description="Tokens embedded per text (head and tail kept).")
     cache_entries: int = Field(10000, ge=0, description="Embeddings kept by text (LRU); 0 turns the cache off.")
-    batch_max: int = Field(16, ge=1, le=256, description="Texts embedded together when requests arrive at once.")
 
 
 class Timeouts(_Model):

@@ -444,24 +444,28 @@ class Encoder:
         _require_runtime()
         return cls(_session(model, threads), _tokenizer(model_dir()), max_tokens, None, built=True)
 
-    def token_ids(self, text: str) -> list[int]:
-        """The ids the model sees for `text`: [CLS], the text head+tail-truncated to the budget, [SEP]."""
+    def token_ids(self, text: str, max_tokens: int | None = None) -> list[int]:
+        """The ids the model sees for `text`: [CLS], the text head+tail-truncated to the budget (`max_tokens`,
+        default the encoder's), [SEP]."""
         ids = self._tokenizer.encode(text, add_special_tokens=False).ids
-        return [self._cls, *head_and_tail(ids, self.max_tokens - 2), self._sep]
+        return [self._cls, *head_and_tail(ids, (max_tokens or self.max_tokens) - 2), self._sep]
 
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` before truncation, [CLS] and [SEP] included."""
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids) + 2
 
-    def embed(self, texts: Sequence[str]) -> numpy.ndarray[Any, numpy.dtype[numpy.float32]]:
-        """One row per text, in one session run, padded to the longest text of the batch."""
+    def embed(
+        self, texts: Sequence[str], max_tokens: int | None = None
+    ) -> numpy.ndarray[Any, numpy.dtype[numpy.float32]]:
+        """One row per text, in one session run, padded to the longest text of the batch; `max_tokens`
+        overrides the encoder's token budget for this call."""
         import numpy as np
 
         if isinstance(texts, str):
             raise TypeError("embed takes a sequence of texts, not one string")
         if not texts:
             return np.zeros((0, DIM), np.float32)
-        rows = [self.token_ids(text) for text in texts]
+        rows = [self.token_ids(text, max_tokens) for text in texts]
         width = max(len(row) for row in rows)
         input_ids: npt.NDArray[np.int64] = np.full((len(rows), width), self._pad, np.int64)
         attention_mask: npt.NDArray[np.int64] = np.zeros((len(rows), width), np.int64)

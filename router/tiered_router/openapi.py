@@ -93,8 +93,10 @@ def openapi_document(config: RouterConfig) -> dict[str, Any]:
         "type": "object",
         "description": "OpenAI metadata; `task`, `team`, `feature`, `private` are read (not sent to external tiers).",
     }
-    stream_options = {"type": ["object", "null"],
-                      "description": "`include_usage: true` asks for the final usage chunk."}
+    stream_options = {
+        "type": ["object", "null"],
+        "description": "`include_usage: true` asks for the final usage chunk.",
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -205,6 +207,27 @@ def openapi_document(config: RouterConfig) -> dict[str, Any]:
                                 }
                             },
                         },
+                        "401": _error("Missing or invalid API key."),
+                    },
+                }
+            },
+            "/v1/tiered/explain": {
+                "post": {
+                    "summary": "The routing decision for a chat request (features, scores, rule trace), not forwarded.",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The decision.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"type": "object", "required": ["tier", "reason", "signals", "rules"]}
+                                }
+                            },
+                        },
+                        "400": _error("Malformed request."),
                         "401": _error("Missing or invalid API key."),
                     },
                 }

@@ -35,6 +35,8 @@ class RouteSignals:
     """Classifier head → probability that the request needs the frontier tier."""
     similarity: Mapping[int, float] = field(default_factory=dict)
     """Rule index → the best cosine similarity to that rule's `similarTo` examples."""
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    """Classifier head → the threshold it was trained for (a rule without its own threshold uses it)."""
 
 
 NO_SIGNALS = RouteSignals()
@@ -193,10 +195,14 @@ def _unmet(match: Match, features: RequestFeatures, index: int) -> str | None:
         if similarity < match.similar_to.threshold:
             return "similarTo"
     if match.classifier is not None:
-        score = features.signals.scores.get(match.classifier.head)
-        if score is None:
+        head = match.classifier.head
+        score = features.signals.scores.get(head)
+        threshold = match.classifier.threshold
+        if threshold is None:
+            threshold = features.signals.thresholds.get(head)
+        if score is None or threshold is None:
             return "classifier (no score: skipped)"
-        if score < match.classifier.threshold:
+        if score < threshold:
             return "classifier"
     return None
 

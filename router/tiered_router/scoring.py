@@ -2,8 +2,9 @@
 then score it with the classifier heads and compare it with the similarTo examples.
 
 `Embedder` is one per router process: it owns the encoder (loaded once, the first time a config needs it),
-one worker thread, an LRU cache of embeddings by text, and micro-batching (texts that arrive while the
-thread is busy are embedded together, which costs less per text than one by one). A request waits at most
+one worker thread and an LRU cache of embeddings by text. Texts are embedded one at a time, never batched:
+batching saved under a tenth per text here, and int8 dynamic quantisation scales activations per batch,
+so a batched text's embedding drifts (cosine ~0.98) from the one the head was trained on. A request waits at most
 `encoder.timeoutMs`; past that, or on an encoder error, it gets no signals — its classifier and similarTo
 rules are skipped (and counted), the request itself never fails. `RoutingModels` is one per config: the
 heads its rules name and the embeddings of its similarTo examples, computed once when the config loads.
@@ -58,8 +59,6 @@ class Embedder:
         self._observe = observe_seconds
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="encoder")
         self._cache: OrderedDict[bytes, NDArray[np.float32]] = OrderedDict()
-        self._pending: list[tuple[str, bytes, asyncio.Future[NDArray[np.float32]]]] = []
-        self._worker: asyncio.Task[None] | None = None
         self.settings = EncoderSettings()
 
     def encoder(self, settings: EncoderSettings) -> Encoder:
@@ -75,54 +74,47 @@ class Embedder:
         self.settings = settings
         return self._encoder
 
-    def embed_now(self, texts: list[str]) -> NDArray[np.float32]:
+    def embed_now(self, texts: list[str], max_tokens: int | None = None) -> NDArray[np.float32]:
         """Embed on the calling thread (config loads: similarTo examples)."""
         assert self._encoder is not None
-        vectors: NDArray[np.float32] = self._encoder.embed(texts)
+        vectors: NDArray[np.float32] = self._encoder.embed(texts, max_tokens)
         return vectors
 
-    async def embed(self, text: str) -> NDArray[np.float32] | None:
-        """The text's embedding, or None past the time budget or on an encoder error (counted)."""
-        key = hashlib.blake2b(text.encode(), digest_size=16).digest()
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
+    async def embed(self, items: list[tuple[str, int]]) -> list[NDArray[np.float32]] | None:
+        """Embeddings of (text, token budget) pairs, or None past the time budget or on an encoder error
+        (counted once per request)."""
+        keys = [hashlib.blake2b(f"{budget}:{text}".encode(), digest_size=16).digest() for text, budget in items]
+        found = [self._cache.get(key) for key in keys]
+        missing = [i for i, vector in enumerate(found) if vector is None]
+        if not missing:
+            for key in keys:
+                self._cache.move_to_end(key)
             self._outcome("cached")
-            return hit
-        future: asyncio.Future[NDArray[np.float32]] = asyncio.get_running_loop().create_future()
-        self._pending.append((text, key, future))
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._drain())
+            return found  # type: ignore[return-value]  # no None left
+        future = asyncio.get_running_loop().run_in_executor(self._thread, self._embed_each, [items[i] for i in missing])
         try:
-            result = await asyncio.wait_for(asyncio.shield(future), self.settings.timeout_ms / 1000)
+            # Past the budget the future is cancelled: one still queued never runs, so an overloaded
+            # encoder sheds work instead of falling ever further behind.
+            vectors = await asyncio.wait_for(future, self.settings.timeout_ms / 1000)
         except TimeoutError:
             self._outcome("timeout")
             return None
-        except Exception:
+        except Exception as error:
+            log.warning("encoder failed: %s", error)
             self._outcome("error")
             return None
         self._outcome("ok")
-        return result
+        for i, vector in zip(missing, vectors, strict=True):
+            found[i] = vector
+            self._remember(keys[i], vector)  # on the event loop, like every other use of the cache
+        return found  # type: ignore[return-value]
 
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._pending:
-            batch, self._pending = self._pending[: self.settings.batch_max], self._pending[self.settings.batch_max :]
-            texts = [text for text, _, _ in batch]
-            started = time.perf_counter()
-            try:
-                vectors = await loop.run_in_executor(self._thread, self.embed_now, texts)
-            except Exception as error:
-                log.warning("encoder failed on %d texts: %s", len(texts), error)
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            self._observe(time.perf_counter() - started)
-            for (_, key, future), vector in zip(batch, vectors, strict=True):
-                self._remember(key, vector)
-                if not future.done():
-                    future.set_result(vector)
+    def _embed_each(self, items: list[tuple[str, int]]) -> list[NDArray[np.float32]]:
+        """One encoder run per text: a batch would scale int8 activations together and shift each one."""
+        started = time.perf_counter()
+        vectors = [self.embed_now([text], budget)[0] for text, budget in items]
+        self._observe(time.perf_counter() - started)
+        return vectors
 
     def _remember(self, key: bytes, vector: NDArray[np.float32]) -> None:
         limit = self.settings.cache_entries
@@ -154,7 +146,7 @@ def routing_models(config: RouterConfig, embedder: Embedder) -> RoutingModels | 
     except (EncoderUnavailable, UnknownHead) as error:
         raise ValueError(str(error)) from None
     examples = {
-        i: embedder.embed_now(list(rule.match.similar_to.examples))
+        i: embedder.embed_now(list(rule.match.similar_to.examples), config.encoder.max_tokens)
         for i, rule in enumerate(config.rules)
         if rule.match.similar_to is not None
     }
@@ -163,17 +155,28 @@ def routing_models(config: RouterConfig, embedder: Embedder) -> RoutingModels | 
 
 async def route_signals(models: RoutingModels, embedder: Embedder, text: str) -> RouteSignals:
     """The classifier scores and similarities of one request's last user message."""
-    from tiered_router.learned import feature_vector
+    from tiered_router.learned import tail_text
 
-    embedding = await embedder.embed(text)
-    if embedding is None:
+    tail = tail_text(text)
+    items: list[tuple[str, int]] = []
+    for head in models.heads.values():
+        items += [(text, head.full_tokens), (tail, head.tail_tokens)]
+    if models.examples:
+        items.append((text, embedder.settings.max_tokens))
+    unique = list(dict.fromkeys(items))
+    vectors = await embedder.embed(unique)
+    if vectors is None:
         return NO_SIGNALS
-    scores: dict[str, float] = {}
-    if models.heads:
-        features = feature_vector(text, embedding)
-        scores = {name: float(head.score(features)) for name, head in models.heads.items()}
-    similarity = {i: float((examples @ embedding).max()) for i, examples in models.examples.items()}
-    return RouteSignals(scores, similarity)
+    embedded = dict(zip(unique, vectors, strict=True))
+    scores = {
+        name: head.score(text, embedded[(text, head.full_tokens)], embedded[(tail, head.tail_tokens)])
+        for name, head in models.heads.items()
+    }
+    similarity = {}
+    if models.examples:
+        vector = embedded[(text, embedder.settings.max_tokens)]
+        similarity = {i: float((examples @ vector).max()) for i, examples in models.examples.items()}
+    return RouteSignals(scores, similarity, {name: head.threshold for name, head in models.heads.items()})
 
 
 def explain_signals(models: RoutingModels | None, text: str, signals: RouteSignals) -> dict[str, Any]:
@@ -187,6 +190,7 @@ def explain_signals(models: RoutingModels | None, text: str, signals: RouteSigna
     if models is not None:
         out["surface"] = dict(zip(SURFACE_FEATURES, surface_features(text), strict=True))
         out["heads"] = {
-            name: {"version": h.version, "trainedThreshold": h.threshold} for name, h in models.heads.items()
+            name: {"version": h.version, "trainedThreshold": h.threshold, "tokens": [h.full_tokens, h.tail_tokens]}
+            for name, h in models.heads.items()
         }
     return out

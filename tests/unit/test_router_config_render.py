@@ -41,9 +41,13 @@ def test_tiers_endpoints_prices_and_rules() -> None:
         TierKind.EXTERNAL, "gpt-4.1", "TIERED_API_KEY_FRONTIER")
     assert (frontier.pricing.input_per_m_tok, frontier.pricing.output_per_m_tok) == (2.0, 8.0)
     assert [(r.tier, r.match.task_types) for r in config.rules] == [
-        ("edge", ["classification"]), ("extract", ["extraction"]), ("frontier", [])]
+        ("edge", ["classification"]), ("extract", ["extraction"]), ("frontier", []), ("frontier", [])]
+    assert config.rules[-1].match.classifier is not None and config.rules[-1].match.classifier.head == "route-v1"
+    assert config.escalation is not None
+    assert (config.escalation.from_tier, config.escalation.to, config.escalation.min_confidence) == (
+        "triage", "frontier", 0.7)
     assert config.privacy.private_teams == ["legal"]
-    assert notes == ["escalation is not served by the router yet", "budgets are not enforced by the router yet"]
+    assert notes == ["budgets are not enforced by the router yet"]
 
 
 def test_configmap_round_trips_through_the_routers_own_model() -> None:

@@ -422,6 +422,19 @@ class SimilarTo(Spec):
     threshold: float = Field(default=0.8, ge=0, le=1, description="Cosine similarity to match.")
 
 
+class ClassifierMatch(Spec):
+    """The learned router: match when the probability that a request needs the frontier is high enough."""
+
+    head: str = Field(
+        default="route-v1", max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]{0,62}$",
+        description="Trained head shipped with the router (route-v1: the project's own, docs/router.md).",
+    )
+    threshold: float | None = Field(
+        default=None, ge=0, le=1,
+        description="Score at or above which the rule matches; default the head's trained operating point.",
+    )
+
+
 class RuleMatch(Spec):
     """Conditions of a rule; all given ones must hold."""
 
@@ -450,6 +463,9 @@ class RuleMatch(Spec):
         "prompt, or the whole conversation.",
     )
     similar_to: SimilarTo | None = None
+    classifier: ClassifierMatch | None = Field(
+        default=None, description="Learned routing: the router's score that the request needs the frontier."
+    )
 
 
 class Rule(Spec):
@@ -468,7 +484,10 @@ class Escalation(Spec):
 
     from_: Name = Field(alias="from")
     to: Name
-    min_confidence: float = Field(default=0.7, ge=0, le=1, description="Mean token probability floor.")
+    min_confidence: float = Field(default=0.7, ge=0, le=1, description="Answers less confident are re-asked.")
+    method: Literal["meanTokenProb", "minTokenProb", "firstTokenMargin"] = Field(
+        default="meanTokenProb", description="How confidence is computed from the small tier's logprobs."
+    )
 
 
 class Burst(Spec):

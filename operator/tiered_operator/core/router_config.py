@@ -5,8 +5,8 @@ tier the burst starts from gets `burst: true` and `burstTarget`, and the router 
 Local tiers point at their InferenceTier's endpoint and are priced from its `gpuHourUSD` and capacity plan;
 external tiers read their API key from an environment variable the router Deployment fills from the Secret.
 
-Policy features the router does not implement yet (similarity rules, escalation, cache, budgets) are left
-out and named in the returned notes, so the operator can say so instead of silently dropping them.
+Policy features the router does not implement yet (cache, budgets) are left out and named in the returned
+notes, so the operator can say so instead of silently dropping them.
 
 Pure: no I/O.
 """
@@ -19,7 +19,19 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
-from tiered_router.config import Attribution, Match, Pricing, Privacy, RouterConfig, Rule, Tier, TierKind
+from tiered_router.config import (
+    Attribution,
+    Classifier,
+    Match,
+    Pricing,
+    Privacy,
+    RouterConfig,
+    Rule,
+    SimilarTo,
+    Tier,
+    TierKind,
+)
+from tiered_router.escalation import Escalation
 
 from tiered_operator.api.model import InferenceTier, PolicyTier, PricingSpec, RoutingPolicy
 from tiered_operator.core.plan import PlanError, plan_capacity
@@ -120,9 +132,6 @@ def _router_config(
     notes = []
     rules = []
     for index, rule in enumerate(spec.rules):
-        if rule.match.similar_to is not None:
-            notes.append(f"rules[{index}]: similarTo is not served by the router yet; rule left out")
-            continue
         match = rule.match
         try:
             # Only the conditions the rule has: the router refuses empty ones.
@@ -130,13 +139,18 @@ def _router_config(
                                           "min_prompt_tokens": match.min_prompt_tokens,
                                           "max_prompt_tokens": match.max_prompt_tokens, "regex": match.regex,
                                           "scope": match.scope}
+            if match.similar_to is not None:
+                conditions["similar_to"] = SimilarTo(examples=list(match.similar_to.examples),
+                                                     threshold=match.similar_to.threshold)
+            if match.classifier is not None:
+                conditions["classifier"] = Classifier(head=match.classifier.head,
+                                                      threshold=match.classifier.threshold)
             routed = Match(**{key: value for key, value in conditions.items() if value not in (None, [])})
         except ValidationError as error:
             raise RouterConfigRejected(f"{REJECTED}: rules[{index}].match: {_one_line(error)}") from None
         rules.append(Rule(name=f"rule-{index}", match=routed, tier=rule.tier))
-    for feature in ("escalation", "cache"):
-        if getattr(spec, feature) is not None:
-            notes.append(f"{feature} is not served by the router yet")
+    if spec.cache is not None:
+        notes.append("cache is not served by the router yet")
     if spec.budgets:
         notes.append("budgets are not enforced by the router yet")
     config = RouterConfig(
@@ -144,6 +158,9 @@ def _router_config(
         default=spec.default,
         baseline=spec.baseline,
         rules=rules,
+        escalation=None if spec.escalation is None else Escalation.model_validate(
+            {"from": spec.escalation.from_, "to": spec.escalation.to,
+             "minConfidence": spec.escalation.min_confidence, "method": spec.escalation.method}),
         privacy=Privacy(private_teams=list(spec.privacy.private_teams),
                         private_header=spec.privacy.private_header),
         attribution=None if spec.attribution is None else Attribution(
