@@ -17,14 +17,14 @@ Must not: import the HTTP server or look at a request.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from tiered_router.auth import Identity
 from tiered_router.config import OTHER_LABEL
 
 UNKNOWN = "unknown"
 LABEL_LENGTH = 64
-ATTRIBUTION_KEYS = frozenset({"team", "feature", "task", "private"})
+ATTRIBUTION_KEYS = frozenset({"team", "feature", "task", "private", "task_id"})
 """tiered's own `metadata` keys: read by the router, removed before a request goes to an external tier."""
 
 
@@ -34,6 +34,20 @@ def label(value: object) -> str | None:
         return None
     value = value.strip()
     return value[:LABEL_LENGTH] if value else None
+
+
+TASK_ID_HEADER = "x-tiered-task-id"
+TASK_ID_LENGTH = 128
+
+
+def task_id(header: str | None, metadata: Mapping[str, object]) -> str | None:
+    """The caller's task id (the unit of work its calls belong to: budgets and cost per resolved task):
+    the `x-tiered-task-id` header, else `metadata.task_id`; trimmed, at most 128 characters. It is an
+    opaque key, never a metrics label, so it is not bounded by `maxLabelValues`."""
+    for value in (header, metadata.get("task_id")):
+        if isinstance(value, str) and value.strip():
+            return value.strip()[:TASK_ID_LENGTH]
+    return None
 
 
 class LabelBounds:
