@@ -170,6 +170,7 @@ def test_llm_config_is_valid_for_ray_serve_llm(tier: InferenceTier) -> None:
     vllm_fields = set(VLLM_ARGS["engine_args"]) | set(VLLM_ARGS["frontend_args"])
     assert set(llm["engine_kwargs"]) <= vllm_fields
     assert "quantization" not in llm["engine_kwargs"]
+    assert parsed.engine_kwargs["enable_prefix_caching"] is True  # shared prefixes reuse their KV cache
     with pytest.raises(ValueError, match="enigne_kwargs"):
         LLMConfig.model_validate({**llm, "enigne_kwargs": {}})
     assert "max_modle_len" not in vllm_fields

@@ -151,6 +151,9 @@ def serve_application(spec: InferenceTierSpec, plan: CapacityPlan, replicas: int
         "max_model_len": spec.model.max_model_len,
         "gpu_memory_utilization": plan.engine_memory_utilization,
         "tensor_parallel_size": plan.tensor_parallel_size,
+        # Requests sharing a prefix (system prompt, earlier turns) reuse its KV cache instead of recomputing
+        # it: the self-hosted half of the router's prompt-cache passthrough (docs/router.md, Token discipline).
+        "enable_prefix_caching": True,
     }
     llm_config: dict[str, Any] = {
         "model_loading_config": {"model_id": spec.model.id, "model_source": model_source},
