@@ -67,6 +67,9 @@ crds: setup ## regenerate crds/ from the pydantic models (and the chart's copy)
 chart-crds: ## copy crds/ into charts/tiered/crds/ (a test fails when they differ)
 	cp crds/tiered.dev_*.yaml charts/tiered/crds/
 
+dashboards: setup ## rebuild charts/tiered/dashboards/tiered.json with Grafana's SDK (a test fails when it is stale)
+	$(VPY) -m tiered_devstack.grafana
+
 bench: setup ## print performance numbers
 	$(VPY) bench/reconcile.py
 	$(VPY) bench/burst_timing.py
