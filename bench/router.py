@@ -262,7 +262,10 @@ def litellm_binary() -> Path | None:
     return binary if binary.exists() else None
 
 
-def router_config(upstream: str) -> dict[str, object]:
+def router_config(upstream: str, learned: bool = False) -> dict[str, object]:
+    """The router's bench config; `learned` appends a classifier rule (the learned router scores every
+    `model: auto` request the rules before it do not take — the bench's one prompt is embedded once and
+    then served from the embedding cache, see docs/router.md "Learned routing" for unique prompts)."""
     pricing_local = {"gpuHourUSD": 3.5, "gpusPerReplica": 1, "tokensPerSecond": 2500}
     return {
         "tiers": [
@@ -290,6 +293,7 @@ def router_config(upstream: str) -> dict[str, object]:
                 "match": {"keywords": ["theorem", "prove"], "regex": "step[- ]by[- ]step"},
                 "tier": "frontier",
             },
+            *([{"name": "learned", "match": {"classifier": {}}, "tier": "frontier"}] if learned else []),
         ],
         "privacy": {"privateTeams": ["legal"]},
     }
@@ -331,9 +335,15 @@ def main() -> int:
             "--drain-seconds",
             "0",
         ]
+        path, headers = "/v1/chat/completions", {"x-tiered-team": "bench"}
         with ours(router_args, tmp / "router.log", PROXY_CORE) as (pid, url):
-            path, headers = "/v1/chat/completions", {"x-tiered-team": "bench"}
             results["router"] = asyncio.run(measure(url, path, headers, pid, sequential, concurrent, seconds))
+        learned = tmp / "router-learned.yaml"
+        learned.write_text(json.dumps(router_config(upstream, learned=True)))
+        learned_args = [*router_args]
+        learned_args[learned_args.index(str(config))] = str(learned)
+        with ours(learned_args, tmp / "router-learned.log", PROXY_CORE) as (pid, url):
+            results["learned"] = asyncio.run(measure(url, path, headers, pid, sequential, concurrent, seconds))
         binary = None if args.no_litellm else litellm_binary()
         if binary is None:
             results["litellm"] = "unavailable"
@@ -424,6 +434,9 @@ def report(results: dict[str, Result | str]) -> None:
         ("added p99 ≤ 5 ms", router.p99_ms - direct.p99_ms <= 5.0),
         ("≥ 2,000 requests/s at 32 in flight, 0 errors", router.rps >= 2000 and router.errors == 0),
     ]
+    learned = results.get("learned")
+    if isinstance(learned, Result):
+        goals.append(("learned routing ≥ 1,000 requests/s", learned.rps >= 1000 and learned.errors == 0))
     print("goals: " + "; ".join(f"{g}: {'met' if ok else 'NOT met'}" for g, ok in goals))
 
 

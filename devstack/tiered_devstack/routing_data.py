@@ -21,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 ROUTING_DIR = ROOT / "data" / "routing"
 ROUTELLM_DIR = ROOT / "data" / "routellm"
-TRAIN_FILES = ("alder.jsonl", "birch.jsonl")
+TRAIN_FILES = ("alder.jsonl", "birch.jsonl", "dogwood.jsonl", "elm.jsonl")
 HELD_OUT_FILES = ("cedar.jsonl",)
 LABELS = ("small", "frontier")
 
