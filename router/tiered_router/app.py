@@ -17,20 +17,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import time
-import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from aiohttp import web
 
-from tiered_router import anthropic, auth, budgets, cache, cost, discipline, escalation, forward, reporting
-from tiered_router.attribution import ATTRIBUTION_KEYS, TASK_ID_HEADER, UNKNOWN, attribute, label, task_id
-from tiered_router.config import AUTO_MODEL, TierApi, TierKind, normalise_task
+from tiered_router import auth, cost, escalation, forward
+from tiered_router.attribution import ATTRIBUTION_KEYS, UNKNOWN, attribute, label
+from tiered_router.config import AUTO_MODEL, normalise_task
 from tiered_router.openapi import openapi_document
 from tiered_router.policy import (
     NO_SIGNALS,
@@ -40,13 +36,10 @@ from tiered_router.policy import (
     RequestFeatures,
     choose_tier,
     estimate_tokens,
-    rule_name,
     trace_rules,
 )
 from tiered_router.scoring import explain_signals, route_signals
 from tiered_router.state import RouterState, Snapshot
-
-log = logging.getLogger("tiered.router")
 
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 SSE_TAIL_BYTES = 16384  # the usage event is small and comes last; keep only the end of each stream
@@ -77,8 +70,6 @@ def _uncancel() -> None:
     if task is not None:
         task.uncancel()
 
-
-REQUEST_ID_HEADER = "x-tiered-request-id"
 
 ESCALATION_REASON = "escalation"
 """The metrics `reason` of a second call to the escalation `to` tier."""
@@ -127,8 +118,6 @@ class Call:
     team: str = UNKNOWN
     feature: str = UNKNOWN
     reason: str = ""
-    notes: dict[str, str] = field(default_factory=dict)
-    """Response headers saying what the router changed in the request (token discipline)."""
     route_score: float | None = None
     """The first classifier rule's score (x-tiered-route-score), when `model: auto` was scored."""
     started: float = 0.0
@@ -139,30 +128,10 @@ class Call:
     """The escalation `from` tier's target: its answer's confidence is checked (`Handlers._escalate`)."""
     probe_fields: dict[str, Any] = field(default_factory=dict)
     """Logprob fields added to the body sent to `probe` (the client did not ask for them)."""
-    request_id: str = ""
-    """Sent back as `x-tiered-request-id`; feedback names a request (and so its task) by it."""
-    task_id: str | None = None
-    user: str = UNKNOWN
-    """The OpenAI `user` field, label-bounded: the dashboard's cost per end user."""
-    cache_hit: bool = False
-    """Answered from the router's cache: counted in the cache-hit rate."""
-    tenant: str = UNKNOWN
-    """The caller's team as claimed (not label-bounded): what cache entries are scoped by."""
-    pending_cache: cache.Pending | None = None
-    """Where a cache miss stores its answer (exact key, semantic scope and vector)."""
-    api_key: str | None = None
-    """The `name` of the caller's API key (what a budget's `apiKey` names)."""
-    hold: budgets.Hold | None = None
-    """What budgets reserved for this request (settled per answer, released when it ends)."""
-    budget: str = ""
-    """`x-tiered-budget`: `downgraded` or `over-task-budget`, when a budget changed or flagged the request."""
 
     def payload_for(self, target: forward.Target) -> bytes:
         """The body for one tier: the client's bytes unless the model name, stream options, logprobs for a
         confidence check or (for an external tier) tiered's attribution in `metadata` must change."""
-        if target.api is TierApi.ANTHROPIC:  # translated: none of tiered's metadata is sent
-            translated = anthropic.messages_request(self.body, self.chat, target.model, target.default_max_tokens)
-            return json.dumps(translated).encode()
         body = self.body
         changed = body.get("model") != target.model
         if target is self.probe and self.probe_fields:
@@ -241,7 +210,6 @@ class Handlers:
 
     async def _complete(self, request: web.Request, call: Call) -> web.StreamResponse:
         call.started = time.perf_counter()
-        call.request_id = uuid.uuid4().hex
         state = self.state
         snap = state.snapshot  # read once: a reload never changes the config under this request
         task = asyncio.current_task()
@@ -259,8 +227,6 @@ class Handlers:
             return error_response(503, SHUTTING_DOWN, "service_unavailable", "shutting_down", {"Retry-After": "1"})
         finally:
             requests.discard(task)
-            if call.hold is not None:
-                budgets.release(state.budgets, call.hold)
 
     async def _answer(self, request: web.Request, call: Call, snap: Snapshot) -> web.StreamResponse:
         state = self.state
@@ -277,12 +243,6 @@ class Handlers:
                     decision.reason,
                     retry_after=decision.retry_after,
                 )
-            self._discipline(call, snap, decision)  # before the budget reserves from max_tokens
-            hit = await self._from_cache(request, call, snap, decision, features)
-            if hit is not None:  # a cached answer costs nothing: no budget, no upstream
-                return hit
-            decision = self._budget(call, snap, features, decision)
-            assert decision.tier is not None  # a budget keeps a tier or raises
             if decision.queue and not await state.flight.wait_for_slot(
                 decision.tier, snap.config.privacy.queue_limit, snap.config.privacy.queue_timeout_seconds
             ):
@@ -303,7 +263,6 @@ class Handlers:
             reply = error_response(
                 reject.status, reject.message, reject.kind, reject.code, reject.headers, reject.param
             )
-            reply.headers[REQUEST_ID_HEADER] = call.request_id
             if state.lifecycle.draining:
                 reply.force_close()
             return reply
@@ -329,51 +288,6 @@ class Handlers:
         )
         live = LiveState(self.state.flight.count, self.state.breakers.open_until, time.monotonic())
         return features, choose_tier(features, snap.config, live)
-
-    def _budget(self, call: Call, snap: Snapshot, features: RequestFeatures, decision: Decision) -> Decision:
-        """Budgets and the task budget on the chosen tier: go, go to the cheapest tier that fits
-        (`x-tiered-budget: downgraded`), or 429 with the window's reset time; reserves the worst case."""
-        config = snap.config
-        limits = budgets.Limits(tuple(config.budgets), config.budget_settings, config.task_budget)
-        if not limits.active or decision.tier is None:
-            return decision
-        state = self.state
-        max_tokens = budgets.requested_max_tokens(call.body) or config.budget_settings.assume_max_tokens
-        request = budgets.Request(
-            call.team, call.feature, call.api_key, features.prompt_tokens, max_tokens, call.task_id, features.private
-        )
-        prices = {name: budgets.PerToken(p.input_per_token, p.output_per_token) for name, p in snap.prices.items()}
-        local = [t.name for t in config.tiers if t.kind is TierKind.LOCAL]
-        tiers = budgets.tier_table(prices, local, config.budget_settings, features.private)
-        now = datetime.now(UTC)
-        verdict = budgets.admit(state.budgets, limits, request, decision.tier, tiers, now, time.monotonic())
-        counters = state.budget_metrics
-        if verdict.alert:
-            call.budget = budgets.ALERTED
-            counters.task_exceeded.labels("alerted").inc()
-            line = state.budgets.tasks.lines.get(call.task_id or "")
-            if line is not None and not line.alerted:
-                line.alerted = True  # one log line per task, the metric per request
-                log.warning("task %r is over its budget (team %s, feature %s)", call.task_id, call.team, call.feature)
-        chain = decision.chain
-        action = "rejected" if verdict.reject is not None else "downgraded"
-        for name in verdict.exceeded if verdict.reject is not None or verdict.downgrade_to else ():
-            task_counter = name == "task"
-            (counters.task_exceeded.labels(action) if task_counter else counters.exceeded.labels(name, action)).inc()
-        if verdict.reject is not None:
-            kind, tier = "insufficient_quota", decision.tier
-            raise Reject(429, verdict.reject, kind, "budget_exceeded", tier, verdict.retry_after)
-        if verdict.downgrade_to is not None:
-            live = LiveState(state.flight.count, state.breakers.open_until, time.monotonic())
-            again = choose_tier(replace(features, model=verdict.downgrade_to), config, live)
-            chain = budgets.fitting(again.chain, request, tiers, state.budgets, limits, now)
-            if not chain:
-                message = "no tier within the budget can take this request now"
-                raise Reject(503, message, "service_unavailable", "unavailable", verdict.downgrade_to, 1)
-            decision = replace(again, tier=chain[0], chain=chain, reason=budgets.BUDGET_REASON)
-            call.budget = budgets.DOWNGRADED
-        call.hold = budgets.hold(state.budgets, verdict, request, chain, tiers, limits, time.monotonic())
-        return decision
 
     async def explain(self, request: web.Request) -> web.Response:
         """`POST /v1/tiered/explain`: the body of a completion request in, the routing decision out — the
@@ -420,7 +334,6 @@ class Handlers:
             identity = auth.identify(snap.keys, headers.get("Authorization"))
             if identity is None:
                 raise Reject(401, *UNAUTHORIZED)
-            call.api_key = identity.name
         too_large = Reject(
             413, f"request body over {config.max_body_bytes} bytes", "invalid_request_error", "body_too_large"
         )
@@ -466,10 +379,6 @@ class Handlers:
             state.labels,
             cap,
         )
-        call.task_id = task_id(headers.get(TASK_ID_HEADER), metadata)
-        user = label(body.get("user"))
-        if user is not None:
-            call.user = state.labels.bound("user", user, cap)
         raw_task = headers.get("x-tiered-task") or metadata.get("task")
         task = (normalise_task(raw_task) or None) if isinstance(raw_task, str) else None
         if task is not None and task not in snap.task_types:
@@ -477,7 +386,6 @@ class Handlers:
         privacy = config.privacy
         # Privacy reads the claimed team, not its bounded label: a team counted as `other` is still private.
         team = call.team if identity is not None else team_claim or UNKNOWN
-        call.tenant = team
         private = (
             team in privacy.private_teams
             or headers.get(privacy.private_header, "").strip().lower() in TRUE_VALUES
@@ -490,12 +398,9 @@ class Handlers:
     ) -> web.StreamResponse:
         """Pass the upstream's answer to the client and account for it."""
         metrics = self.state.metrics
-        headers = {"x-tiered-tier": tier, "x-tiered-reason": call.reason, REQUEST_ID_HEADER: call.request_id}
-        headers.update(call.notes)
+        headers = {"x-tiered-tier": tier, "x-tiered-reason": call.reason}
         if call.route_score is not None:
             headers["x-tiered-route-score"] = f"{call.route_score:.4f}"
-        if call.budget:
-            headers["x-tiered-budget"] = call.budget
         content_type = response.headers.get("content-type", "application/json")
         if call.stream and response.status_code == 200 and content_type.startswith("text/event-stream"):
             self._skip_escalation(snap, tier, headers)
@@ -509,16 +414,13 @@ class Handlers:
             metrics.answered(tier, call.team, call.feature, code, "502")
             return error_response(502, message, "upstream_error", code, {"Retry-After": "1"})
         finished = time.perf_counter()
-        status, data = _openai_answer(snap.targets[tier], response.status_code, data, call.chat)
-        if snap.targets[tier].api is TierApi.ANTHROPIC:
-            content_type = "application/json"
+        status = response.status_code
         if status == 200:
             usage = cost.usage_from_json(data) or _estimate_json(call.text, data)
             self._account(snap, call, tier, "200", usage, finished - call.sent)
             if call.probe is not None and snap.targets[tier] is call.probe:
                 data, waited = await self._escalate(snap, call, data, headers)
                 finished += waited
-            self._store(snap, call, headers["x-tiered-tier"], data)
         else:
             metrics.answered(tier, call.team, call.feature, call.reason, str(status))
         reply = web.Response(body=data, status=status, headers=headers)
@@ -527,116 +429,6 @@ class Handlers:
             reply.force_close()  # `Connection: close`: the client reconnects, through the Service, elsewhere
         metrics.overhead.observe(call.sent - call.started + time.perf_counter() - finished)
         return reply
-
-    def _discipline(self, call: Call, snap: Snapshot, decision: Decision) -> None:
-        """The matched rule's token discipline (tiered_router.discipline): cap max_tokens, truncate old turns."""
-        if decision.rule is None:
-            return
-        rule = snap.config.rules[decision.rule]
-        if rule.max_tokens is None and rule.max_context_tokens is None:
-            return
-        try:
-            done = discipline.apply_discipline(call.body, call.chat, rule.max_tokens, rule.max_context_tokens)
-        except discipline.DisciplineError as error:
-            raise _bad_request(str(error), error.param) from None
-        call.notes.update(done.headers)
-        if not done.changed:
-            return
-        name = rule_name(decision.rule, rule.name)
-        metrics = self.state.metrics
-        if done.clamp is not None:
-            metrics.discipline.labels(name, done.clamp.action).inc()
-        if done.truncation is not None:
-            metrics.discipline.labels(name, "truncated").inc()
-            metrics.truncated_tokens.labels(name).inc(done.truncation.tokens_before - done.truncation.tokens_after)
-        call.body = done.body
-        call.raw = json.dumps(done.body).encode()  # what payload_for sends when nothing else changes
-
-    async def _from_cache(
-        self, request: web.Request, call: Call, snap: Snapshot, decision: Decision, features: RequestFeatures
-    ) -> web.StreamResponse | None:
-        """A cached answer for this request (exact, then semantic), or None after noting where to store
-        the answer it gets (`call.pending_cache`)."""
-        caches, metrics = self.state.cache, self.state.metrics
-        if (caches.exact is None and caches.semantic is None) or decision.tier is None:
-            return None
-        call.reason = decision.reason
-        scope = (call.tenant, features.private, f"{decision.tier}:{snap.targets[decision.tier].model}")
-        pending = cache.Pending()
-        now = time.monotonic()
-        if caches.exact is not None:
-            pending.exact_key = cache.exact_key(*scope, call.body, call.chat)
-            answer = caches.exact.get(pending.exact_key, now)
-            if answer is not None:
-                return self._cached_reply(call, snap, answer, "exact")
-            metrics.cache.labels("exact", "miss").inc()
-        settings = snap.config.cache.semantic
-        if caches.semantic is not None and settings is not None and features.text:
-            opt_in = snap.config.rules[decision.rule].semantic_cache if decision.rule is not None else None
-            if cache.semantic_eligible(settings, opt_in, call.body):
-                vectors = await self.state.embedder.embed([(features.text, snap.config.encoder.max_tokens)])
-                if vectors is not None:  # past the encoder's time budget: no semantic lookup, no store
-                    pending.scope = cache.semantic_scope(*scope, call.body, call.chat)
-                    pending.vector, pending.text = vectors[0], features.text
-                    found = caches.semantic.lookup(pending.scope, pending.vector, features.text, time.monotonic())
-                    if found.hit is not None:
-                        return self._cached_reply(call, snap, found.hit.answer, "semantic", found.hit.similarity)
-                    metrics.cache.labels("semantic", "guarded" if found.guarded else "miss").inc()
-        call.pending_cache = pending if pending.wanted else None
-        return None
-
-    def _cached_reply(
-        self, call: Call, snap: Snapshot, answer: cache.Answer, kind: str, similarity: float | None = None
-    ) -> web.Response:
-        """Answer from the cache (a stream if the client asked for one); count the hit and what it saved,
-        which is not spend: no cost, no ledger line, no budget."""
-        metrics = self.state.metrics
-        metrics.cache.labels(kind, "hit").inc()
-        price = snap.prices.get(answer.tier)
-        saved = price.cost(answer.input_tokens, answer.output_tokens) if price else 0.0
-        metrics.cache_saved.labels(kind, answer.tier, call.team, call.feature).inc(saved)
-        metrics.answered(answer.tier, call.team, call.feature, f"cache_{kind}", "200")
-        baseline = snap.baseline.cost(answer.input_tokens, answer.output_tokens) if snap.baseline else saved
-        call.cache_hit = True
-        self.state.reports.add(
-            time.time(), call.request_id, call.task_id, answer.tier, call.team, call.feature, call.user,
-            answer.input_tokens, answer.output_tokens, 0.0, baseline, cache_hit=True,
-        )  # fmt: skip
-        headers = {"x-tiered-tier": answer.tier, "x-tiered-reason": call.reason, "x-tiered-cache": kind}
-        headers[REQUEST_ID_HEADER] = call.request_id
-        headers.update(call.notes)
-        if similarity is not None:
-            headers["x-tiered-cache-similarity"] = f"{similarity:.4f}"
-        if call.stream:
-            body, content_type = cache.sse_from_answer(answer, call.chat, call.wants_usage), "text/event-stream"
-        else:
-            body, content_type = answer.body, "application/json"
-        reply = web.Response(body=body, headers=headers, content_type=content_type)
-        if self.state.lifecycle.draining:
-            reply.force_close()
-        metrics.overhead.observe(time.perf_counter() - call.started)
-        return reply
-
-    def _store(self, snap: Snapshot, call: Call, tier: str, data: bytes, usage_from_sse: bool = False) -> None:
-        """Keep a complete 200 answer (JSON, or a whole stream) where the cache lookup said."""
-        pending = call.pending_cache
-        if pending is None:
-            return
-        if usage_from_sse:
-            usage = cost.usage_from_sse(data[-SSE_TAIL_BYTES:])
-            tokens = (usage.input_tokens, usage.output_tokens) if usage else (estimate_tokens(len(call.text)), 0)
-            answer = cache.answer_from_sse(data, tier, call.chat, *tokens)
-        else:
-            usage = cost.usage_from_json(data) or _estimate_json(call.text, data)
-            answer = cache.answer_from_json(data, tier, usage.input_tokens, usage.output_tokens)
-        metrics = self.state.metrics
-        if answer is None:
-            for kind, wanted in (("exact", pending.exact_key), ("semantic", pending.scope)):
-                if wanted is not None:
-                    metrics.cache.labels(kind, "skipped").inc()
-            return
-        for kind, stored in self.state.cache.store(pending, answer, time.monotonic()):
-            metrics.cache.labels(kind, "stored" if stored else "skipped").inc()
 
     def _plan_escalation(self, call: Call, snap: Snapshot, private: bool) -> None:
         """With an escalation, a non-streaming request asks the `from` tier for the logprobs it needs."""
@@ -710,9 +502,8 @@ class Handlers:
         finally:
             await response.aclose()
             state.flight.leave(tier)
-        status, data = _openai_answer(snap.targets[tier], response.status_code, data, call.chat)
-        if status != 200:
-            state.metrics.answered(tier, call.team, call.feature, ESCALATION_REASON, str(status))
+        if response.status_code != 200:
+            state.metrics.answered(tier, call.team, call.feature, ESCALATION_REASON, str(response.status_code))
             return None
         usage = cost.usage_from_json(data) or _estimate_json(call.text, data)
         self._account(snap, again, tier, "200", usage, time.perf_counter() - sent)
@@ -741,25 +532,15 @@ class Handlers:
         status = "200"
         # The usage chunk was asked for on the client's behalf: hold back partial events so it can be cut.
         held: bytes | None = None if call.wants_usage else b""
-        whole = bytearray() if call.pending_cache is not None else None  # the stream, for the cache
-        whole_limit = self.state.cache.entry_limit()
-        translator = None
-        source: AsyncIterator[bytes] = response.stream  # type: ignore[assignment]
-        if snap.targets[tier].api is TierApi.ANTHROPIC:
-            translator = anthropic.StreamTranslator(call.chat, int(time.time()))
-            source = _translated(source, translator)
         last = time.perf_counter()
         try:
-            async for chunk in source:
+            async for chunk in response.stream:  # type: ignore[union-attr]
                 last = time.perf_counter()
                 if first:
                     metrics.ttft.labels(tier).observe(last - call.started)
                     first = False
                 events += chunk.count(b"data:")
                 tail = (tail + chunk)[-SSE_TAIL_BYTES:]
-                if whole is not None:
-                    whole.extend(chunk)
-                    whole = whole if len(whole) <= whole_limit else None
                 out = chunk
                 if held is not None:
                     out, held = _whole_events(held + chunk)
@@ -786,10 +567,6 @@ class Handlers:
             status = "503"
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await reply.write(sse_error(SHUTTING_DOWN, "service_unavailable", "shutting_down"))
-        if translator is not None and translator.failed and status == "200":
-            status = "502"  # the upstream's own error event, passed on in OpenAI's shape
-        if whole is not None and status == "200":
-            self._store(snap, call, tier, bytes(whole), usage_from_sse=True)
         usage = cost.usage_from_sse(tail)
         if usage is None:  # one streamed event is about one token; drop the role and [DONE] events
             usage = cost.Usage(estimate_tokens(len(call.text)), max(0, events - 2), estimated=True)
@@ -802,10 +579,8 @@ class Handlers:
     def _account(
         self, snap: Snapshot, call: Call, tier: str, status: str, usage: cost.Usage, upstream_seconds: float
     ) -> None:
-        # The baseline is priced with the same cache hits: what this traffic would have cost there.
-        tokens = (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens, usage.cache_write_tokens)
-        spent = snap.prices[tier].cost(*tokens)
-        baseline = snap.baseline.cost(*tokens) if snap.baseline else spent
+        spent = snap.prices[tier].cost(usage.input_tokens, usage.output_tokens)
+        baseline = snap.baseline.cost(usage.input_tokens, usage.output_tokens) if snap.baseline else spent
         metrics = self.state.metrics
         metrics.served(
             tier,
@@ -821,18 +596,7 @@ class Handlers:
         )
         if usage.estimated:
             metrics.estimated.labels(tier).inc()
-        if usage.cached_input_tokens:
-            metrics.cached_tokens.labels(tier, "read").inc(usage.cached_input_tokens)
-        if usage.cache_write_tokens:
-            metrics.cached_tokens.labels(tier, "write").inc(usage.cache_write_tokens)
         self.state.ledger.add((tier, call.team, call.feature), usage, spent, baseline)
-        if call.hold is not None:
-            budgets.settle(self.state.budgets, call.hold, tier, usage.input_tokens + usage.output_tokens, spent)
-        self.state.reports.add(
-            time.time(), call.request_id, call.task_id, tier, call.team, call.feature, call.user,
-            usage.input_tokens, usage.output_tokens, spent, baseline,
-            escalation=call.reason == ESCALATION_REASON, cache_hit=call.cache_hit,
-        )  # fmt: skip
 
     def _authorized(self, request: web.Request) -> bool:
         keys = self.state.snapshot.keys
@@ -852,7 +616,7 @@ class Handlers:
             if identity is None:
                 return error_response(401, *UNAUTHORIZED)
             team = None if identity.admin else identity.team
-        return web.json_response(reporting.costs_report(self.state, snap, team))
+        return web.json_response(self.state.ledger.summary(snap.config.baseline, team))
 
     async def status(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
@@ -893,21 +657,6 @@ def _whole_events(data: bytes) -> tuple[bytes, bytes]:
     return (cost.without_usage_events(done) if b'"usage"' in done else done), rest
 
 
-def _openai_answer(target: forward.Target, status: int, data: bytes, chat: bool) -> tuple[int, bytes]:
-    """An upstream's JSON answer (or error) as the client expects it: an Anthropic tier's translated."""
-    if target.api is TierApi.ANTHROPIC:
-        return anthropic.reply(status, data, chat, int(time.time()))
-    return status, data
-
-
-async def _translated(stream: AsyncIterator[bytes], translator: anthropic.StreamTranslator) -> AsyncIterator[bytes]:
-    """An Anthropic SSE stream as OpenAI SSE, whole events at a time."""
-    async for chunk in stream:
-        out = translator.feed(chunk)
-        if out:
-            yield out
-
-
 def _broken_off(tier: str, error: Exception, silent: float, snap: Snapshot, where: str) -> tuple[str, str]:
     """(code, message) for an upstream that stopped after its reply began: it went silent past the read
     timeout (`upstream_timeout`) or it closed the connection / died (`upstream_disconnected`)."""
@@ -940,7 +689,6 @@ def build_app(state: RouterState, serve_metrics: bool = True) -> web.Application
     app.router.add_get("/v1/tiered/costs", handlers.costs)
     app.router.add_get("/v1/tiered/status", handlers.status)
     app.router.add_post("/v1/tiered/explain", handlers.explain)
-    reporting.add_routes(app, state)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     if serve_metrics:
@@ -949,13 +697,8 @@ def build_app(state: RouterState, serve_metrics: bool = True) -> web.Application
 
     async def lifespan(app: web.Application) -> Any:
         watcher = asyncio.create_task(state.watch_files())
-        await state.spend_sync.sync_once()  # our stored spend back before the first request (bounded timeouts)
-        syncer = asyncio.create_task(state.spend_sync.run())
         yield
         watcher.cancel()
-        syncer.cancel()
-        await state.spend_sync.sync_once()  # what we spent since the last sync
-        await state.spend_sync.close()
         await state.upstream.transport.aclose()
         state.embedder.close()
 

@@ -305,6 +305,12 @@ class RouterConfig(_Model):
     encoder: EncoderSettings = Field(
         default_factory=EncoderSettings, description="The encoder behind classifier and similarTo rules."
     )
+    prometheus_url: str | None = Field(
+        None,
+        alias="prometheusURL",
+        pattern=r"^https?://",
+        description="Prometheus holding the router's metrics: cost history is read from it (else from memory).",
+    )
 
     @model_validator(mode="after")
     def _check_references(self) -> RouterConfig:

@@ -108,6 +108,18 @@ class RouterMetrics:
             buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
             registry=r,
         )
+        self.feedback = Counter(
+            "tiered_router_feedback",
+            "Outcomes given to tasks (POST /v1/tiered/feedback), by the task's tier, team and feature.",
+            ["outcome", "tier", "team", "feature"],
+            registry=r,
+        )
+        self.resolved_cost = Counter(
+            "tiered_router_resolved_cost_usd",
+            "Cost of every call of tasks when they were marked resolved.",
+            ["tier", "team", "feature"],
+            registry=r,
+        )
         self.ttft = Histogram(
             "tiered_router_time_to_first_token_seconds",
             "Streams: from request arrival to the first chunk sent.",

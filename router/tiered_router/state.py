@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from tiered_router import auth, cost, forward
+from tiered_router import auth, cost, forward, outcomes
 from tiered_router.attribution import LabelBounds
 from tiered_router.breaker import CLOSED, HALF_OPEN, OPEN, Breakers
 from tiered_router.config import AUTO_MODEL, RouterConfig, TierKind, load_config
@@ -161,6 +161,7 @@ class RouterState:
         self.breakers = Breakers()
         self.flight = forward.InFlight()
         self.ledger = cost.CostLedger()
+        self.reports = outcomes.Reports(started=time.time())
         self.labels = LabelBounds()
         self._failed: tuple[FileSignature | None, FileSignature | None] | None = None
         self.metrics.watch(self._live_sample, self.private_ready, self.labels.overflowed)
