@@ -18,15 +18,16 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
 from aiohttp import web
 
-from tiered_router import auth, cost, escalation, forward
+from tiered_router import anthropic, auth, cost, escalation, forward
 from tiered_router.attribution import ATTRIBUTION_KEYS, UNKNOWN, attribute, label
-from tiered_router.config import AUTO_MODEL, normalise_task
+from tiered_router.config import AUTO_MODEL, TierApi, normalise_task
 from tiered_router.openapi import openapi_document
 from tiered_router.policy import (
     NO_SIGNALS,
@@ -132,6 +133,9 @@ class Call:
     def payload_for(self, target: forward.Target) -> bytes:
         """The body for one tier: the client's bytes unless the model name, stream options, logprobs for a
         confidence check or (for an external tier) tiered's attribution in `metadata` must change."""
+        if target.api is TierApi.ANTHROPIC:  # translated: none of tiered's metadata is sent
+            translated = anthropic.messages_request(self.body, self.chat, target.model, target.default_max_tokens)
+            return json.dumps(translated).encode()
         body = self.body
         changed = body.get("model") != target.model
         if target is self.probe and self.probe_fields:
@@ -414,7 +418,9 @@ class Handlers:
             metrics.answered(tier, call.team, call.feature, code, "502")
             return error_response(502, message, "upstream_error", code, {"Retry-After": "1"})
         finished = time.perf_counter()
-        status = response.status_code
+        status, data = _openai_answer(snap.targets[tier], response.status_code, data, call.chat)
+        if snap.targets[tier].api is TierApi.ANTHROPIC:
+            content_type = "application/json"
         if status == 200:
             usage = cost.usage_from_json(data) or _estimate_json(call.text, data)
             self._account(snap, call, tier, "200", usage, finished - call.sent)
@@ -502,8 +508,9 @@ class Handlers:
         finally:
             await response.aclose()
             state.flight.leave(tier)
-        if response.status_code != 200:
-            state.metrics.answered(tier, call.team, call.feature, ESCALATION_REASON, str(response.status_code))
+        status, data = _openai_answer(snap.targets[tier], response.status_code, data, call.chat)
+        if status != 200:
+            state.metrics.answered(tier, call.team, call.feature, ESCALATION_REASON, str(status))
             return None
         usage = cost.usage_from_json(data) or _estimate_json(call.text, data)
         self._account(snap, again, tier, "200", usage, time.perf_counter() - sent)
@@ -532,9 +539,14 @@ class Handlers:
         status = "200"
         # The usage chunk was asked for on the client's behalf: hold back partial events so it can be cut.
         held: bytes | None = None if call.wants_usage else b""
+        translator = None
+        source: AsyncIterator[bytes] = response.stream  # type: ignore[assignment]
+        if snap.targets[tier].api is TierApi.ANTHROPIC:
+            translator = anthropic.StreamTranslator(call.chat, int(time.time()))
+            source = _translated(source, translator)
         last = time.perf_counter()
         try:
-            async for chunk in response.stream:  # type: ignore[union-attr]
+            async for chunk in source:
                 last = time.perf_counter()
                 if first:
                     metrics.ttft.labels(tier).observe(last - call.started)
@@ -567,6 +579,8 @@ class Handlers:
             status = "503"
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await reply.write(sse_error(SHUTTING_DOWN, "service_unavailable", "shutting_down"))
+        if translator is not None and translator.failed and status == "200":
+            status = "502"  # the upstream's own error event, passed on in OpenAI's shape
         usage = cost.usage_from_sse(tail)
         if usage is None:  # one streamed event is about one token; drop the role and [DONE] events
             usage = cost.Usage(estimate_tokens(len(call.text)), max(0, events - 2), estimated=True)
@@ -655,6 +669,21 @@ def _whole_events(data: bytes) -> tuple[bytes, bytes]:
         return (data, b"") if len(data) > SSE_HOLD_BYTES else (b"", data)
     done, rest = data[:end], data[end:]
     return (cost.without_usage_events(done) if b'"usage"' in done else done), rest
+
+
+def _openai_answer(target: forward.Target, status: int, data: bytes, chat: bool) -> tuple[int, bytes]:
+    """An upstream's JSON answer (or error) as the client expects it: an Anthropic tier's translated."""
+    if target.api is TierApi.ANTHROPIC:
+        return anthropic.reply(status, data, chat, int(time.time()))
+    return status, data
+
+
+async def _translated(stream: AsyncIterator[bytes], translator: anthropic.StreamTranslator) -> AsyncIterator[bytes]:
+    """An Anthropic SSE stream as OpenAI SSE, whole events at a time."""
+    async for chunk in stream:
+        out = translator.feed(chunk)
+        if out:
+            yield out
 
 
 def _broken_off(tier: str, error: Exception, silent: float, snap: Snapshot, where: str) -> tuple[str, str]:

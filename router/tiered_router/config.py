@@ -40,6 +40,17 @@ class TierKind(StrEnum):
     """A third-party API: private traffic never goes here, not even as a fallback."""
 
 
+class TierApi(StrEnum):
+    """The API dialect a tier's upstream speaks."""
+
+    OPENAI = "openai"
+    """OpenAI-compatible: `<baseURL>/chat/completions` and `/completions`, forwarded as they are."""
+    ANTHROPIC = "anthropic"
+    """Anthropic's Messages API at `<baseURL>/messages`: translated both ways (`tiered_router.anthropic`)."""
+
+
+
+
 class Pricing(_Model):
     """How a tier's tokens are priced. External tiers: per million tokens. Local tiers: from GPU time."""
 
@@ -75,6 +86,13 @@ class Tier(_Model):
     fallback: list[str] = Field(
         default_factory=list, description="Tiers to try, in order, when this one fails before the first byte."
     )
+    api: TierApi = Field(
+        TierApi.OPENAI, description="Upstream dialect: `openai`, or `anthropic` (Messages API, translated)."
+    )
+    default_max_tokens: int = Field(
+        4096, ge=1, description="`anthropic` tiers: max_tokens sent when a request has none (Anthropic requires it)."
+    )
+
 
     @property
     def upstream_model(self) -> str:
@@ -346,10 +364,11 @@ class RouterConfig(_Model):
                 problems.append(f"tiers[{tier.name}]: burstTarget cannot be the tier itself")
             if tier.name in tier.fallback:
                 problems.append(f"tiers[{tier.name}].fallback lists the tier itself (`retries` repeats a tier)")
-            if tier.base_url.rstrip("/").endswith(("/chat/completions", "/completions")):
+            if tier.base_url.rstrip("/").endswith(("/chat/completions", "/completions", "/messages")):
                 problems.append(
                     f"tiers[{tier.name}].baseURL {tier.base_url!r} names an endpoint; give the API base "
-                    "(e.g. https://host/v1): the router appends /chat/completions or /completions"
+                    "(e.g. https://host/v1): the router appends /chat/completions or /completions "
+                    "(/messages for `api: anthropic`)"
                 )
             problems.extend(_pricing_problems(tier))
         if self.escalation is not None:

@@ -31,7 +31,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from tiered_router.breaker import Breakers
-from tiered_router.config import RouterConfig
+from tiered_router.config import RouterConfig, TierApi
 from tiered_router.metrics import RouterMetrics
 
 UPSTREAM_ERRORS = (httpx.TransportError, OSError)
@@ -65,6 +65,10 @@ class Target:
     model: str
     external: bool = False
     """An external tier: tiered's own attribution is removed from the body sent there."""
+    api: TierApi = TierApi.OPENAI
+    """`anthropic`: bodies are translated to the Messages API and answers back (`tiered_router.anthropic`)."""
+    default_max_tokens: int = 4096
+    """`anthropic` tiers: max_tokens when the request has none."""
 
 
 class Exhausted(Exception):

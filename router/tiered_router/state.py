@@ -22,10 +22,10 @@ from typing import Any
 
 import httpx
 
-from tiered_router import auth, cost, forward, outcomes
+from tiered_router import anthropic, auth, cost, forward, outcomes
 from tiered_router.attribution import LabelBounds
 from tiered_router.breaker import CLOSED, HALF_OPEN, OPEN, Breakers
-from tiered_router.config import AUTO_MODEL, RouterConfig, TierKind, load_config
+from tiered_router.config import AUTO_MODEL, RouterConfig, TierApi, TierKind, load_config
 from tiered_router.metrics import RouterMetrics
 from tiered_router.scoring import Embedder, RoutingModels, routing_models
 
@@ -59,16 +59,25 @@ def build_snapshot(config: RouterConfig, embedder: Embedder) -> Snapshot:
     targets = {}
     for tier in config.tiers:
         headers = [("content-type", "application/json"), ("accept-encoding", "identity")]
-        if tier.api_key_env:
-            headers.append(("authorization", f"Bearer {os.environ.get(tier.api_key_env, '')}"))
+        key = os.environ.get(tier.api_key_env, "") if tier.api_key_env else None
         base = tier.base_url.rstrip("/")
+        chat_url, completions_url = f"{base}/chat/completions", f"{base}/completions"
+        if tier.api is TierApi.ANTHROPIC:  # both kinds of request are translated to the Messages API
+            headers += anthropic.headers(key)
+            chat_url = completions_url = base + anthropic.MESSAGES_PATH
+        elif key is not None:
+            headers.append(("authorization", f"Bearer {key}"))
         targets[tier.name] = forward.Target(
-            httpx.URL(f"{base}/chat/completions"),
-            httpx.URL(f"{base}/completions"),
+            httpx.URL(chat_url),
+            httpx.URL(completions_url),
             httpx.Headers(headers),
             tier.upstream_model,
             tier.kind is TierKind.EXTERNAL,
+            tier.api,
+            tier.default_max_tokens,
         )
+    if config.cache.semantic is not None:
+        _load_encoder_for_cache(config, embedder)
     prices = {t.name: cost.tier_price(t) for t in config.tiers}
     models = [{"id": name, "object": "model", "created": 0, "owned_by": "tiered"} for name in [*targets, AUTO_MODEL]]
     return Snapshot(
@@ -90,7 +99,8 @@ def base_url_notes(config: RouterConfig) -> list[str]:
     """What the router will call for tiers whose baseURL does not end in /v1 (allowed: some providers'
     OpenAI-compatible bases do not, e.g. `.../v1beta/openai`), so a typo shows in the log."""
     return [
-        f"tier {t.name!r}: baseURL does not end in /v1; chat requests go to {t.base_url.rstrip('/')}/chat/completions"
+        f"tier {t.name!r}: baseURL does not end in /v1; chat requests go to {t.base_url.rstrip('/')}"
+        + (anthropic.MESSAGES_PATH if t.api is TierApi.ANTHROPIC else "/chat/completions")
         for t in config.tiers
         if not t.base_url.rstrip("/").endswith("/v1")
     ]

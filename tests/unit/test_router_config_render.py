@@ -8,7 +8,7 @@ import yaml
 from tiered_operator.api.model import InferenceTier, RoutingPolicy
 from tiered_operator.api.objects import load_file
 from tiered_operator.core.router_config import CONFIG_KEY, render_router_configmap, router_config
-from tiered_router.config import RouterConfig, TierKind
+from tiered_router.config import RouterConfig, TierApi, TierKind
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,3 +70,16 @@ def test_rules_carry_only_their_conditions_and_scope_and_attribution_reach_the_r
     dumped = yaml.safe_load(render_router_configmap(policy, config)["data"][CONFIG_KEY])
     assert "regex" not in dumped["rules"][0]["match"]
     assert (config.attribution.features, config.attribution.max_label_values) == (["search", "chat"], 20)
+
+
+def test_external_provider_becomes_the_tier_api() -> None:
+    policy, tiers = examples()
+    config, _ = router_config(policy, tiers, bursting=False)
+    assert {t.name: t.api for t in config.tiers}["frontier"] is TierApi.OPENAI  # the example says `openai`
+    raw = policy.model_dump(by_alias=True, exclude_none=True)
+    frontier = next(t for t in raw["spec"]["tiers"] if t["name"] == "frontier")
+    frontier["external"].update(baseURL="https://api.anthropic.com/v1", model="claude-sonnet-4-5", provider="anthropic")
+    config, _ = router_config(RoutingPolicy.model_validate(raw), tiers, bursting=False)
+    by_name = {t.name: t for t in config.tiers}
+    assert (by_name["frontier"].api, by_name["frontier"].model) == (TierApi.ANTHROPIC, "claude-sonnet-4-5")
+    assert {t.api for name, t in by_name.items() if name != "frontier"} == {TierApi.OPENAI}

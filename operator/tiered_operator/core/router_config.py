@@ -29,6 +29,7 @@ from tiered_router.config import (
     Rule,
     SimilarTo,
     Tier,
+    TierApi,
     TierKind,
 )
 from tiered_router.escalation import Escalation
@@ -93,6 +94,7 @@ def _tier(entry: PolicyTier, policy: RoutingPolicy, tiers: Mapping[str, Inferenc
             kind=TierKind.EXTERNAL,
             base_url=entry.external.base_url,
             model=entry.external.model,
+            api=TierApi(entry.external.provider),  # `anthropic`: the router translates to the Messages API
             api_key_env=api_key_env(entry.name) if entry.external.api_key_secret_ref else None,
             pricing=Pricing(
                 input_per_m_tok=price.input_per_m_tok if price else None,
