@@ -83,6 +83,11 @@ def _per_hour(metric: str, by: str) -> str:
     return f"sum by ({by}) (rate(tiered_router_{metric}_total{{{ATTRIBUTION}}}[$__rate_interval])) * 3600"
 
 
+def _ratio(part: str, whole: str) -> str:
+    """part / whole where an absent part (nothing timed out yet) is 0, not a gap; both are `sum [by (...)]`."""
+    return f"({part} or {whole} * 0) / {whole}"
+
+
 def _quantile(q: float, metric: str, by: str = "le", matcher: str = "") -> str:
     return f"histogram_quantile({q}, sum by ({by}) (rate({metric}_bucket{{{matcher}}}[$__rate_interval])))"
 
@@ -154,26 +159,29 @@ ROWS: tuple[RowSpec, ...] = (
                       "{{status}}"),), unit="reqps"),
         PanelSpec("Error rate", "Share of requests answered with a 4xx or 5xx, and failed upstream attempts "
                   "per second by tier and cause (each may have been retried or fallen back).",
-                  (_t(f'sum(rate(tiered_router_requests_total{{{ATTRIBUTION}, status=~"[45].."}}[$__rate_interval]))'
-                      f" / sum(rate(tiered_router_requests_total{{{ATTRIBUTION}}}[$__rate_interval]))", "errors"),
+                  (_t(_ratio(f'sum(rate(tiered_router_requests_total{{{ATTRIBUTION}, status=~"[45].."}}'
+                             "[$__rate_interval]))",
+                             f"sum(rate(tiered_router_requests_total{{{ATTRIBUTION}}}[$__rate_interval]))"), "errors"),
                    _t(f"sum by (tier, cause) (rate(tiered_router_upstream_errors_total{{{TIER}}}[$__rate_interval]))",
                       "upstream {{tier}} {{cause}}")), unit="percentunit"),
         PanelSpec("Escalation rate", "Answers of the escalation `from` tier sent on to the `to` tier, over all its "
                   "checked answers.",
-                  (_t('sum by (from, to) (rate(tiered_router_escalations_total{outcome="escalated"}[$__rate_interval]))'
-                      " / sum by (from, to) (rate(tiered_router_escalations_total[$__rate_interval]))",
+                  (_t(_ratio('sum by (from, to) (rate(tiered_router_escalations_total{outcome="escalated"}'
+                             "[$__rate_interval]))",
+                             "sum by (from, to) (rate(tiered_router_escalations_total[$__rate_interval]))"),
                       "{{from}} → {{to}}"),), unit="percentunit"),
         PanelSpec("Cache hit rate", "Hits over lookups by cache kind (exact, semantic), and USD per hour the hits "
                   "saved.",
-                  (_t('sum by (kind) (rate(tiered_router_cache_total{outcome="hit"}[$__rate_interval]))'
-                      " / sum by (kind) (rate(tiered_router_cache_total[$__rate_interval]))", "{{kind}}"),
+                  (_t(_ratio('sum by (kind) (rate(tiered_router_cache_total{outcome="hit"}[$__rate_interval]))',
+                             "sum by (kind) (rate(tiered_router_cache_total[$__rate_interval]))"), "{{kind}}"),
                    _t("sum(rate(tiered_router_cache_saved_usd_total[$__rate_interval])) * 3600", "saved USD/h")),
                   unit="percentunit"),
         PanelSpec("Encoder timeouts", "Embeddings for classifier and similarTo rules by outcome; a timeout or an "
                   "error skips those rules for the request.",
                   (_t("sum by (outcome) (rate(tiered_router_route_signals_total[$__rate_interval]))", "{{outcome}}"),
-                   _t('sum(rate(tiered_router_route_signals_total{outcome=~"timeout|error"}[$__rate_interval]))'
-                      " / sum(rate(tiered_router_route_signals_total[$__rate_interval]))", "skipped share")),
+                   _t(_ratio('sum(rate(tiered_router_route_signals_total{outcome=~"timeout|error"}'
+                             "[$__rate_interval]))",
+                             "sum(rate(tiered_router_route_signals_total[$__rate_interval]))"), "skipped share")),
                   unit="short"),
         PanelSpec("Burst periods", "Policies in burst (the operator's BurstStarted minus BurstEnded flips since its "
                   "leader started), and requests per second the routers sent to a burst target.",

@@ -24,6 +24,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "tiered_operator.cli.simulate:simulate",
         "Replay a utilization trace through the scaling and burst decisions",
     ),
+    "report": (
+        "tiered_operator.cli.report:report",
+        "Print cost, baseline and savings by tier, team and feature from a router or Prometheus",
+    ),
 }
 
 
