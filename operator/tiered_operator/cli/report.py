@@ -183,6 +183,9 @@ def _number(value: float | None) -> str:
 
 
 def _usd(value: float) -> str:
+    # Self-hosted tokens cost fractions of a cent: keep their digits visible.
+    if abs(value) < 0.01:
+        return f"${value:.6f}"
     return f"${value:,.4f}" if abs(value) < 10 else f"${value:,.2f}"
 
 
