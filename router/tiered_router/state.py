@@ -76,8 +76,6 @@ def build_snapshot(config: RouterConfig, embedder: Embedder) -> Snapshot:
             tier.api,
             tier.default_max_tokens,
         )
-    if config.cache.semantic is not None:
-        _load_encoder_for_cache(config, embedder)
     prices = {t.name: cost.tier_price(t) for t in config.tiers}
     models = [{"id": name, "object": "model", "created": 0, "owned_by": "tiered"} for name in [*targets, AUTO_MODEL]]
     return Snapshot(
