@@ -260,17 +260,19 @@ def test_report_plots_token_burn_and_cost_from_prometheus(bed: Bed, capsys: pyte
     png = tmp_path / "burn.png"
     code, out, _ = run_report(capsys, "--prometheus", bed.prometheus.url, "--window", "10m", "--plot", str(png))
     assert code == 0 and f"plot written to {png}" in out
+    assert "tiers with tokens: big, edge, small" in out  # the lines are drawn from data, not an empty frame
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
 def test_report_plots_from_the_router_history_or_says_it_has_none(
         bed: Bed, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     png = tmp_path / "router.png"
-    code, _, err = run_report(capsys, "--router", bed.router.url, "--window", "10m", "--plot", str(png))
+    code, out, err = run_report(capsys, "--router", bed.router.url, "--window", "10m", "--plot", str(png))
     if bed.router.http.get("/v1/tiered/costs/history").status_code == 404:
         assert code == 2 and "keeps no cost history" in err and not png.exists()
     else:
         assert code == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "tiers with tokens: big, edge, small" in out
 
 
 def test_report_errors_are_one_line(bed: Bed, capsys: pytest.CaptureFixture[str]) -> None:

@@ -98,3 +98,10 @@ def test_by_must_name_known_labels(capsys: pytest.CaptureFixture[str]) -> None:
 def test_empty_report_prints_a_total_of_zero() -> None:
     text = table(Report(source="r", lines=(Line(tier="t", team="a", feature="f"),)), ["tier"])
     assert text.splitlines()[-1].split()[0] == "total" and text.splitlines()[-1].split()[-1] == "-"
+
+
+def test_long_windows_stay_valid_promql() -> None:
+    from tiered_operator.cli.report import prometheus_queries, series_queries
+
+    assert "[2592000s]" in prometheus_queries(parse_window("30d"))["cost_usd"]
+    assert "[21600s]" in series_queries(21600)["tokens"]

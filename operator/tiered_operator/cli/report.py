@@ -84,6 +84,11 @@ class Series(BaseModel):
 # ---- pure ------------------------------------------------------------------------------------------------
 
 
+def _secs(seconds: float) -> str:
+    """Seconds as PromQL and URLs take them: never in exponent notation (which `:g` gives from 1e6 up)."""
+    return f"{seconds:.3f}".rstrip("0").rstrip(".")
+
+
 def parse_window(text: str) -> float:
     """`90`, `90s`, `15m`, `24h`, `7d`, `1h30m` → seconds."""
     if re.fullmatch(r"\d+(\.\d+)?", text):
@@ -112,7 +117,7 @@ def report_from_costs(body: Mapping[str, Any], source: str) -> Report:
 def prometheus_queries(window_seconds: float) -> dict[str, str]:
     """Instant queries for a window ending at the query time. Requests refused before routing (tier none)
     are left out, as the cost API leaves them out."""
-    w = f"{window_seconds:g}s"
+    w = f"{_secs(window_seconds)}s"
     by = "sum by (tier, team, feature)"
     return {
         "requests": f'{by} (increase(tiered_router_requests_total{{tier!="none"}}[{w}]))',
@@ -220,8 +225,8 @@ def table(report: Report, by: Sequence[str]) -> str:
 def _duration(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
+            return f"{_secs(seconds / size)}{unit}"
+    return f"{_secs(seconds)}s"
 
 
 def as_json(report: Report, by: Sequence[str]) -> str:
@@ -237,7 +242,7 @@ def plot_step(window_seconds: float) -> float:
 
 def series_queries(step_seconds: float) -> dict[str, str]:
     """Range queries: what each step added, by tier."""
-    s = f"{step_seconds:g}s"
+    s = f"{_secs(step_seconds)}s"
     return {
         "tokens": f"sum by (tier) (increase(tiered_router_tokens_total[{s}]))",
         "cost_usd": f"sum by (tier) (increase(tiered_router_cost_usd_total[{s}]))",
@@ -370,8 +375,9 @@ def report(args: argparse.Namespace) -> int:
         result = report_from_prometheus(results, window, prometheus.url)
         if args.plot:
             step = plot_step(window)
-            start, end = math.floor((now - window) / step) * step, math.floor(now / step) * step
-            span = {"start": f"{start:g}", "end": f"{end:g}", "step": f"{step:g}"}
+            # The last step ends at or after now, so the newest samples are in it.
+            start, end = math.floor((now - window) / step) * step, math.ceil(now / step) * step
+            span = {"start": f"{start:.3f}", "end": f"{end:.3f}", "step": _secs(step)}
             matrices = {name: prometheus.get("/api/v1/query_range", {"query": q, **span})
                         for name, q in series_queries(step).items()}
             series = series_from_prometheus(matrices, start, end, step, prometheus.url)
@@ -383,7 +389,8 @@ def report(args: argparse.Namespace) -> int:
                 raise UsageError(f"router refused /v1/tiered/costs: {response.status_code} {response.text[:200]}")
             result = report_from_costs(response.json(), args.router.rstrip("/"))
             if args.plot:
-                history = _router_get(http, f"/v1/tiered/costs/history?window={window:g}&step={plot_step(window):g}")
+                span = f"window={_secs(window)}&step={_secs(plot_step(window))}"
+                history = _router_get(http, f"/v1/tiered/costs/history?{span}")
                 if history.status_code == 404:
                     raise UsageError("this router keeps no cost history: plot from Prometheus (--prometheus URL)")
                 if history.status_code != 200:
@@ -392,5 +399,7 @@ def report(args: argparse.Namespace) -> int:
     print(as_json(result, by) if args.json else table(result, by), end="")
     if series is not None:
         plot(series, args.plot)
-        print(f"plot written to {args.plot}")
+        moved = sorted(tier for tier, values in series.tokens.items() if any(values))
+        print(f"plot written to {args.plot}: {len(series.timestamps)} steps of {_duration(series.step_seconds)}, "
+              f"tiers with tokens: {', '.join(moved) or 'none'}")
     return 0
