@@ -389,8 +389,8 @@ def report(args: argparse.Namespace) -> int:
                 raise UsageError(f"router refused /v1/tiered/costs: {response.status_code} {response.text[:200]}")
             result = report_from_costs(response.json(), args.router.rstrip("/"))
             if args.plot:
-                span = f"window={_secs(window)}&step={_secs(plot_step(window))}"
-                history = _router_get(http, f"/v1/tiered/costs/history?{span}")
+                history = _router_get(
+                    http, f"/v1/tiered/costs/history?window={_secs(window)}&step={_secs(plot_step(window))}")
                 if history.status_code == 404:
                     raise UsageError("this router keeps no cost history: plot from Prometheus (--prometheus URL)")
                 if history.status_code != 200:
