@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,8 +26,8 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from tiered_router import anthropic, auth, cost, escalation, forward
-from tiered_router.attribution import ATTRIBUTION_KEYS, UNKNOWN, attribute, label
+from tiered_router import anthropic, auth, cost, escalation, forward, reporting
+from tiered_router.attribution import ATTRIBUTION_KEYS, TASK_ID_HEADER, UNKNOWN, attribute, label, task_id
 from tiered_router.config import AUTO_MODEL, TierApi, normalise_task
 from tiered_router.openapi import openapi_document
 from tiered_router.policy import (
@@ -71,6 +72,8 @@ def _uncancel() -> None:
     if task is not None:
         task.uncancel()
 
+
+REQUEST_ID_HEADER = "x-tiered-request-id"
 
 ESCALATION_REASON = "escalation"
 """The metrics `reason` of a second call to the escalation `to` tier."""
@@ -129,6 +132,13 @@ class Call:
     """The escalation `from` tier's target: its answer's confidence is checked (`Handlers._escalate`)."""
     probe_fields: dict[str, Any] = field(default_factory=dict)
     """Logprob fields added to the body sent to `probe` (the client did not ask for them)."""
+    request_id: str = ""
+    """Sent back as `x-tiered-request-id`; feedback names a request (and so its task) by it."""
+    task_id: str | None = None
+    user: str = UNKNOWN
+    """The OpenAI `user` field, label-bounded: the dashboard's cost per end user."""
+    cache_hit: bool = False
+    """Answered from the router's cache: counted in the cache-hit rate."""
 
     def payload_for(self, target: forward.Target) -> bytes:
         """The body for one tier: the client's bytes unless the model name, stream options, logprobs for a
@@ -214,6 +224,7 @@ class Handlers:
 
     async def _complete(self, request: web.Request, call: Call) -> web.StreamResponse:
         call.started = time.perf_counter()
+        call.request_id = uuid.uuid4().hex
         state = self.state
         snap = state.snapshot  # read once: a reload never changes the config under this request
         task = asyncio.current_task()
@@ -267,6 +278,7 @@ class Handlers:
             reply = error_response(
                 reject.status, reject.message, reject.kind, reject.code, reject.headers, reject.param
             )
+            reply.headers[REQUEST_ID_HEADER] = call.request_id
             if state.lifecycle.draining:
                 reply.force_close()
             return reply
@@ -383,6 +395,10 @@ class Handlers:
             state.labels,
             cap,
         )
+        call.task_id = task_id(headers.get(TASK_ID_HEADER), metadata)
+        user = label(body.get("user"))
+        if user is not None:
+            call.user = state.labels.bound("user", user, cap)
         raw_task = headers.get("x-tiered-task") or metadata.get("task")
         task = (normalise_task(raw_task) or None) if isinstance(raw_task, str) else None
         if task is not None and task not in snap.task_types:
@@ -402,7 +418,7 @@ class Handlers:
     ) -> web.StreamResponse:
         """Pass the upstream's answer to the client and account for it."""
         metrics = self.state.metrics
-        headers = {"x-tiered-tier": tier, "x-tiered-reason": call.reason}
+        headers = {"x-tiered-tier": tier, "x-tiered-reason": call.reason, REQUEST_ID_HEADER: call.request_id}
         if call.route_score is not None:
             headers["x-tiered-route-score"] = f"{call.route_score:.4f}"
         content_type = response.headers.get("content-type", "application/json")
@@ -611,6 +627,11 @@ class Handlers:
         if usage.estimated:
             metrics.estimated.labels(tier).inc()
         self.state.ledger.add((tier, call.team, call.feature), usage, spent, baseline)
+        self.state.reports.add(
+            time.time(), call.request_id, call.task_id, tier, call.team, call.feature, call.user,
+            usage.input_tokens, usage.output_tokens, spent, baseline,
+            escalation=call.reason == ESCALATION_REASON, cache_hit=call.cache_hit,
+        )  # fmt: skip
 
     def _authorized(self, request: web.Request) -> bool:
         keys = self.state.snapshot.keys
@@ -630,7 +651,7 @@ class Handlers:
             if identity is None:
                 return error_response(401, *UNAUTHORIZED)
             team = None if identity.admin else identity.team
-        return web.json_response(self.state.ledger.summary(snap.config.baseline, team))
+        return web.json_response(reporting.costs_report(self.state, snap, team))
 
     async def status(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
@@ -718,6 +739,7 @@ def build_app(state: RouterState, serve_metrics: bool = True) -> web.Application
     app.router.add_get("/v1/tiered/costs", handlers.costs)
     app.router.add_get("/v1/tiered/status", handlers.status)
     app.router.add_post("/v1/tiered/explain", handlers.explain)
+    reporting.add_routes(app, state)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     if serve_metrics:
