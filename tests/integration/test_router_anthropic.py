@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from router_bed import Router, router
+from router_bed import FakeUpstream, Router, router
 from tiered_devstack import fake_upstream
 
 pytestmark = pytest.mark.integration
@@ -47,7 +47,7 @@ class FakeAnthropic:
         fake_upstream.stop(self.process)
 
 
-def config(fake: FakeAnthropic) -> dict[str, Any]:
+def config(fake: FakeAnthropic, local: FakeUpstream) -> dict[str, Any]:
     def tier(name: str, **extra: Any) -> dict[str, Any]:
         return {
             "name": name,
@@ -61,9 +61,21 @@ def config(fake: FakeAnthropic) -> dict[str, Any]:
         }
 
     return {
-        "tiers": [tier("claude"), tier("claude-short", defaultMaxTokens=3)],
+        "tiers": [
+            tier("claude"),
+            tier("claude-short", defaultMaxTokens=3),
+            {
+                "name": "small",
+                "kind": "local",
+                "baseURL": local.base_url,
+                "pricing": {"gpuHourUSD": 3.6, "tokensPerSecond": 1000},
+                "fallback": ["claude"],
+            },
+        ],
         "default": "claude",
         "baseline": "claude",
+        # An OpenAI-dialect local tier that escalates (and falls back) to the Anthropic one.
+        "escalation": {"from": "small", "to": "claude", "minConfidence": 0.7},
         "retries": 1,
         "timeouts": {"connectSeconds": 1, "readSeconds": 5, "poolSeconds": 2},
         "breaker": {"failureThreshold": 100, "cooldownSeconds": 30},
@@ -71,22 +83,25 @@ def config(fake: FakeAnthropic) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def anthropic_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeAnthropic, Router]]:
+def anthropic_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeAnthropic, Router, FakeUpstream]]:
     tmp = tmp_path_factory.mktemp("anthropic")
     fake = FakeAnthropic(tmp)
+    local = FakeUpstream("small", tmp)
     os.environ[KEY_ENV] = "sk-ant-test"  # the router process inherits it; removed below
     try:
-        with router(config(fake), tmp) as process:
-            yield fake, process
+        with router(config(fake, local), tmp) as process:
+            yield fake, process, local
     finally:
         os.environ.pop(KEY_ENV, None)
+        local.stop()
         fake.stop()
 
 
 @pytest.fixture
-def bed(anthropic_bed: tuple[FakeAnthropic, Router]) -> tuple[FakeAnthropic, Router]:
+def bed(anthropic_bed: tuple[FakeAnthropic, Router, FakeUpstream]) -> tuple[FakeAnthropic, Router]:
     anthropic_bed[0].reset()
-    return anthropic_bed
+    anthropic_bed[2].reset()
+    return anthropic_bed[0], anthropic_bed[1]
 
 
 def client(process: Router) -> openai.OpenAI:
@@ -343,3 +358,28 @@ def test_cost_is_priced_from_anthropic_usage(bed: tuple[FakeAnthropic, Router]) 
     assert after["estimated_requests"] == before["estimated_requests"]
     expected = 2 * (prompt * PRICE_IN + completion * PRICE_OUT) / 1e6  # no cache rates set: the input price
     assert after["cost_usd"] - before["cost_usd"] == pytest.approx(expected)
+
+
+def test_escalation_and_fallback_to_the_anthropic_tier(
+    anthropic_bed: tuple[FakeAnthropic, Router, FakeUpstream],
+) -> None:
+    fake, process, local = anthropic_bed
+    fake.reset()
+    local.reset()
+    local.control.post("/_fake/logprobs", json={"logprob": -2.3}).raise_for_status()  # confidence 0.1 < 0.7
+    raw = client(process).chat.completions.with_raw_response.create(
+        model="small", messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hi"}]
+    )
+    assert (raw.headers["x-tiered-tier"], raw.headers["x-tiered-escalation"]) == ("claude", "escalated")
+    answer = raw.parse()
+    assert answer.object == "chat.completion" and answer.choices[0].message.content == "The answer is forty two ."
+    body, _ = fake.last()
+    assert body["system"] == [{"type": "text", "text": SYSTEM}] and "logprobs" not in body
+
+    local.mode("fail", status=500)
+    raw = client(process).chat.completions.with_raw_response.create(
+        model="small", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    assert raw.headers["x-tiered-tier"] == "claude"  # small failed before the first byte: its fallback answered
+    text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert text == "The answer is forty two ."
