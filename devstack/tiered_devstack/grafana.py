@@ -147,6 +147,22 @@ ROWS: tuple[RowSpec, ...] = (
                       f" - {_cost('cost_usd', 'tier, team, feature')}", "savings")),
                   unit="currencyUSD", kind="table", width=24),
     )),
+    RowSpec("Resolved tasks", (
+        PanelSpec("Cost per resolved task", "USD of every call of the tasks marked resolved (POST /v1/tiered/feedback) "
+                  "over the selected range, per resolved task.",
+                  (_t(f"{_cost('resolved_cost_usd')} / "
+                      f'sum (increase(tiered_router_feedback_total{{{ATTRIBUTION}, outcome="resolved"}}[$__range]))'),),
+                  unit="currencyUSD", kind="stat", width=6),
+        PanelSpec("Cost per resolved task by feature", "USD per resolved task, by feature.",
+                  (_t(f"{_per_hour('resolved_cost_usd', 'feature')} / "
+                      f'(sum by (feature) (rate(tiered_router_feedback_total{{{ATTRIBUTION}, outcome="resolved"}}'
+                      "[$__rate_interval])) * 3600)", "{{feature}}"),), unit="currencyUSD", width=9),
+        PanelSpec("Resolution rate by tier", "Tasks judged resolved over all tasks judged, by the tier that answered.",
+                  (_t(_ratio(f'sum by (tier) (rate(tiered_router_feedback_total{{{ATTRIBUTION}, outcome="resolved"}}'
+                             "[$__rate_interval]))",
+                             f"sum by (tier) (rate(tiered_router_feedback_total{{{ATTRIBUTION}}}[$__rate_interval]))"),
+                      "{{tier}}"),), unit="percentunit", width=9),
+    )),
     RowSpec("Tokens and traffic", (
         PanelSpec("Token burn by tier", "Tokens per second served, by tier and direction (input, output).",
                   (_t(f"sum by (tier, direction) (rate(tiered_router_tokens_total{{{TIER}}}[$__rate_interval]))",
@@ -170,11 +186,12 @@ ROWS: tuple[RowSpec, ...] = (
                              "[$__rate_interval]))",
                              "sum by (from, to) (rate(tiered_router_escalations_total[$__rate_interval]))"),
                       "{{from}} → {{to}}"),), unit="percentunit"),
-        PanelSpec("Cache hit rate", "Hits over lookups by cache kind (exact, semantic), and USD per hour the hits "
-                  "saved.",
+        PanelSpec("Cache hit rate", "Hits over lookups (hit, miss, guarded: a semantic candidate refused) by cache "
+                  "kind (exact, semantic), and USD per hour the hits saved by kind.",
                   (_t(_ratio('sum by (kind) (rate(tiered_router_cache_total{outcome="hit"}[$__rate_interval]))',
-                             "sum by (kind) (rate(tiered_router_cache_total[$__rate_interval]))"), "{{kind}}"),
-                   _t("sum(rate(tiered_router_cache_saved_usd_total[$__rate_interval])) * 3600", "saved USD/h")),
+                             'sum by (kind) (rate(tiered_router_cache_total{outcome=~"hit|miss|guarded"}'
+                             "[$__rate_interval]))"), "{{kind}}"),
+                   _t(_per_hour("cache_saved_usd", "kind"), "{{kind}} saved USD/h")),
                   unit="percentunit"),
         PanelSpec("Encoder timeouts", "Embeddings for classifier and similarTo rules by outcome; a timeout or an "
                   "error skips those rules for the request.",

@@ -1,7 +1,7 @@
 """The cost views against real processes: every Grafana panel's PromQL and `tiered report`.
 
 A real router (on fake upstreams) serves a bounded workload that touches every series the dashboard reads
-(tiers, teams, features, an escalation, a burst overflow, an upstream failure, a refused request, a stream,
+(tiers, teams, features, feedback, an escalation, a burst overflow, an upstream failure, a refused request, a stream,
 the encoder); the operator's metrics come from its own `OperatorMetrics` registry, driven by the test and
 served by prometheus_client on loopback (running the whole operator would add the API emulator and a
 policy's burst window for two counters). A real Prometheus scrapes both. The dashboard's expressions are
@@ -69,6 +69,10 @@ def workload(rt: Router, up: dict[str, FakeUpstream]) -> None:
         assert ask(rt, team, feature).status_code == 200  # small, kept
         assert ask(rt, team, feature, "extract it", **{"x-tiered-task": "extraction"}).status_code == 200  # edge
         assert ask(rt, team, feature, "Prove the Theorem").status_code == 200  # big
+    for reply, outcome in [(ask(rt, "alpha", "chat"), "resolved"), (ask(rt, "beta", "search"), "unresolved")]:
+        judged = rt.http.post("/v1/tiered/feedback", json={"request_id": reply.headers["x-tiered-request-id"],
+                                                           "outcome": outcome})
+        assert judged.status_code == 200, judged.text
     up["small"].control.post("/_fake/logprobs", json={"logprob": LOW}).raise_for_status()
     assert ask(rt, "beta", "search").headers["x-tiered-escalated"] == "1"  # small → big
     up["small"].mode("fail", times=1)
@@ -212,6 +216,10 @@ def test_the_numbers_behind_the_panels_are_the_workload(bed: Bed) -> None:
     assert 0 < float(rate["value"][1]) < 1  # one escalated of several checked small answers
     overflow = next(e for t, e in SHIPPED if t == "Burst periods" and "burst" in e and "operator" not in e)
     assert {i["metric"]["tier"] for i in instant(p, substitute(overflow))} == {"big"}
+    per_task = next(e for t, e in SHIPPED if t == "Cost per resolved task")
+    assert float(instant(p, substitute(per_task))[0]["value"][1]) > 0
+    [resolution] = instant(p, substitute(next(e for t, e in SHIPPED if t == "Resolution rate by tier")))
+    assert resolution["metric"]["tier"] == "small" and float(resolution["value"][1]) == pytest.approx(0.5)
     bursting = next(e for t, e in SHIPPED if t == "Burst periods" and "BurstStarted" in e)
     assert float(instant(p, substitute(bursting))[0]["value"][1]) == 1
 
