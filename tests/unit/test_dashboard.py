@@ -83,7 +83,8 @@ def test_the_asked_for_views_are_there() -> None:
                    "tiered_router_cache_total", "tiered_router_cache_saved_usd_total",
                    "tiered_operator_burst_decisions_total", "tiered_router_route_signals_total",
                    "tiered_router_overhead_seconds_bucket", "tiered_router_upstream_seconds_bucket",
-                   "tiered_router_upstream_errors_total"):
+                   "tiered_router_upstream_errors_total", "tiered_router_resolved_cost_usd_total",
+                   "tiered_router_feedback_total"):
         assert metric in exprs, metric
     break_even = next(p for p in json.loads(COMMITTED.read_text())["panels"] if p["title"].startswith("Break-even"))
     assert "$gpu_hour_usd" in break_even["description"] and "baseline" in break_even["description"]
