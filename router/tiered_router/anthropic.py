@@ -88,7 +88,7 @@ def messages_request(body: dict[str, Any], chat: bool, model: str, default_max_t
     if tools:
         out["tools"] = tools
     choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
-    if choice is not None and (tools or choice["type"] == "none"):
+    if choice is not None and tools:  # the Messages API refuses a tool_choice without tools
         out["tool_choice"] = choice
     return out
 

@@ -350,3 +350,7 @@ def test_config_api_defaults_to_openai_and_refuses_a_messages_endpoint() -> None
         RouterConfig.model_validate(tier_config(api="anthropic", baseURL="https://api.anthropic.com/v1/messages"))
     with pytest.raises(ValidationError, match="api"):
         RouterConfig.model_validate(tier_config(api="gemini"))
+
+
+def test_tool_choice_without_tools_is_not_sent() -> None:
+    assert "tool_choice" not in request({"messages": [{"role": "user", "content": "x"}], "tool_choice": "none"})
