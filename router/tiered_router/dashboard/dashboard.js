@@ -8,10 +8,16 @@ const REFRESH_MS = 10000;
 const burstSeen = {}; // tier -> [[start, end], ...] observed while the page is open (status shows only "now")
 let colorOf = {};
 
-function keyFromPage() {
+// `#key=…&window=900`: a key (kept in this tab's sessionStorage, never sent anywhere but the API) and a window.
+function readFragment() {
   const fragment = new URLSearchParams(location.hash.slice(1));
   const key = fragment.get("key") || sessionStorage.getItem("tiered-key") || "";
-  if (fragment.get("key")) history.replaceState(null, "", location.pathname); // keep the key out of the address bar
+  if (fragment.get("key")) sessionStorage.setItem("tiered-key", key);
+  const windowSelect = document.getElementById("window");
+  if (fragment.get("window") && [...windowSelect.options].some((o) => o.value === fragment.get("window"))) {
+    windowSelect.value = fragment.get("window");
+  }
+  if (location.hash) history.replaceState(null, "", location.pathname); // keep the key out of the address bar
   return key;
 }
 
@@ -77,6 +83,11 @@ function bars(tableId, metric, entries, valueOf, format, extra) {
   }
 }
 
+function withText(node, text) {
+  node.textContent = text;
+  return node;
+}
+
 function svg(tag, attrs) {
   const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
   for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
@@ -108,18 +119,18 @@ function chart(containerId, timestamps, series, options) {
       if (b <= a || n < 2) continue;
       const px = (t) => L + (t - start) / (timestamps[n - 1] - start) * (W - L - R);
       root.append(svg("rect", { class: "burst", x: px(a), y: T, width: Math.max(2, px(b) - px(a)), height: H - T - B }));
-      root.append(svg("title", {})).textContent = "burst: " + tier;
+      root.append(withText(svg("title", {}), "burst: " + tier));
     }
   }
   for (let k = 0; k <= 4; k++) {
     const v = max * k / 4;
     root.append(svg("line", { class: "axis", x1: L, x2: W - R, y1: y(v), y2: y(v) }));
-    root.append(svg("text", { x: L - 4, y: y(v) + 4, "text-anchor": "end" })).textContent = options.format(v);
+    root.append(withText(svg("text", { x: L - 4, y: y(v) + 4, "text-anchor": "end" }), options.format(v)));
   }
   for (let k = 0; k < 5 && n > 1; k++) {
     const i = Math.round(k * (n - 1) / 4);
     const label = new Date(timestamps[i] * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    root.append(svg("text", { x: x(i), y: H - 6, "text-anchor": k === 0 ? "start" : k === 4 ? "end" : "middle" })).textContent = label;
+    root.append(withText(svg("text", { x: x(i), y: H - 6, "text-anchor": k === 0 ? "start" : k === 4 ? "end" : "middle" }), label));
   }
   for (const [name, low, top] of stacked) {
     const color = colorOf[name] || "#888";
@@ -171,7 +182,7 @@ function renderCosts(costs) {
   const sorted = (o) => Object.entries(o).sort((a, b) => b[1].cost - a[1].cost);
   bars("by-team", "cost-by-team", sorted(sumBy(rows, "team")), (v) => v.cost, usd, (v) => count(v.requests) + " req");
   bars("by-feature", "cost-by-feature", sorted(sumBy(rows, "feature")), (v) => v.cost, usd, (v) => count(v.requests) + " req");
-  bars("by-user", "cost-by-user", costs.by_user.slice(0, 20).map((u) => [u.user, u]), (v) => v.cost_usd, usd, (v) => count(v.tokens) + " tok");
+  bars("by-user", "cost-by-user", costs.by_user.slice(0, 20).map((u) => [costs.team ? u.user : u.team + "/" + u.user, u]), (v) => v.cost_usd, usd, (v) => count(v.tokens) + " tok");
   const allTokens = Object.values(byTier).reduce((s, v) => s + v.tokens, 0);
   bars("tier-mix", "tier-share", Object.entries(byTier).sort(), (v) => allTokens ? v.tokens / allTokens : 0, pct, (v) => usd(v.cost));
 
@@ -265,7 +276,7 @@ async function refresh() {
   }
 }
 
-document.getElementById("key").value = keyFromPage();
+document.getElementById("key").value = readFragment();
 document.getElementById("controls").addEventListener("submit", (event) => {
   event.preventDefault();
   sessionStorage.setItem("tiered-key", document.getElementById("key").value.trim());
