@@ -5,10 +5,16 @@ It answers `/v1/chat/completions` and `/v1/completions` (JSON or SSE, with `usag
 the router through failures without timing tricks:
 
 - `POST /_fake/mode` `{"mode": "ok"|"fail"|"429"|"stall"|"hold", "status": 500, "times": N,
-  "usage": {"prompt_tokens": P, "completion_tokens": C} | null, "omit_usage": false, "chunks": 3}`
+  "usage": {"prompt_tokens": P, "completion_tokens": C} | null, "omit_usage": false, "chunks": 3,
+  "cached_tokens": R, "cache_write_tokens": W, "usage_shape": "openai"|"anthropic"}`
   `fail` answers `status` (default 500), `429` answers 429, `stall` never answers (until the client gives
   up), `hold` streams the first chunk and then waits for `POST /_fake/release`. `times` limits how many
-  requests the mode applies to before falling back to `ok` (omit for "until changed").
+  requests the mode applies to before falling back to `ok` (omit for "until changed"). `cached_tokens` and
+  `cache_write_tokens` (default 0) say how many of the P prompt tokens came from / went into a prompt
+  cache: OpenAI's shape reports reads as `prompt_tokens_details.cached_tokens` (writes have no field
+  there); `usage_shape: anthropic` answers Anthropic's usage object instead (`input_tokens` = P - R - W,
+  `cache_read_input_tokens`, `cache_creation_input_tokens`, `output_tokens`), as a gateway passing it
+  through would.
 - `POST /_fake/logprobs` `{"logprob": -0.05, "top2": -3.0, "omit": false}` sets the logprobs answers carry
   when a request asks for them (chat `logprobs: true`, text completions `logprobs: N`): every token gets
   `logprob`; with `top_logprobs`/`logprobs` ≥ 2 the second alternative gets `top2`; `omit` answers
@@ -56,6 +62,9 @@ class FakeState:
         self.times: int | None = None
         self.usage: dict[str, int] | None = None
         self.omit_usage = False
+        self.cached_tokens = 0
+        self.cache_write_tokens = 0
+        self.usage_shape = "openai"
         self.chunks = len(REPLY_WORDS)
         self.logprob = -0.05
         self.top2 = -3.0
@@ -82,9 +91,17 @@ def _prompt_words(body: dict[str, Any]) -> int:
     return len(text.split())
 
 
-def _usage(state: FakeState, body: dict[str, Any], completion_tokens: int) -> dict[str, int]:
+def _usage(state: FakeState, body: dict[str, Any], completion_tokens: int) -> dict[str, Any]:
     usage = state.usage or {"prompt_tokens": _prompt_words(body), "completion_tokens": completion_tokens}
-    return {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
+    prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
+    read, written = state.cached_tokens, state.cache_write_tokens
+    if state.usage_shape == "anthropic":
+        return {"input_tokens": prompt - read - written, "cache_read_input_tokens": read,
+                "cache_creation_input_tokens": written, "output_tokens": completion}  # fmt: skip
+    answer: dict[str, Any] = {**usage, "total_tokens": prompt + completion}
+    if read:
+        answer["prompt_tokens_details"] = {"cached_tokens": read}
+    return answer
 
 
 ALTERNATIVE = "perhaps"
@@ -225,6 +242,9 @@ async def set_mode(request: web.Request) -> web.Response:
     state.times = spec.get("times")
     state.usage = spec.get("usage")
     state.omit_usage = bool(spec.get("omit_usage", False))
+    state.cached_tokens = int(spec.get("cached_tokens", 0))
+    state.cache_write_tokens = int(spec.get("cache_write_tokens", 0))
+    state.usage_shape = str(spec.get("usage_shape", "openai"))
     state.chunks = int(spec.get("chunks", len(REPLY_WORDS)))
     state.release = asyncio.Event()
     return web.json_response({"ok": True})

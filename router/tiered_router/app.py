@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from tiered_router import anthropic, auth, cost, escalation, forward, reporting
+from tiered_router import anthropic, auth, cost, discipline, escalation, forward, reporting
 from tiered_router.attribution import ATTRIBUTION_KEYS, TASK_ID_HEADER, UNKNOWN, attribute, label, task_id
 from tiered_router.config import AUTO_MODEL, TierApi, normalise_task
 from tiered_router.openapi import openapi_document
@@ -38,6 +38,7 @@ from tiered_router.policy import (
     RequestFeatures,
     choose_tier,
     estimate_tokens,
+    rule_name,
     trace_rules,
 )
 from tiered_router.scoring import explain_signals, route_signals
@@ -122,6 +123,8 @@ class Call:
     team: str = UNKNOWN
     feature: str = UNKNOWN
     reason: str = ""
+    notes: dict[str, str] = field(default_factory=dict)
+    """Response headers saying what the router changed in the request (token discipline)."""
     route_score: float | None = None
     """The first classifier rule's score (x-tiered-route-score), when `model: auto` was scored."""
     started: float = 0.0
@@ -258,6 +261,7 @@ class Handlers:
                     decision.reason,
                     retry_after=decision.retry_after,
                 )
+            self._discipline(call, snap, decision)  # before the budget reserves from max_tokens
             if decision.queue and not await state.flight.wait_for_slot(
                 decision.tier, snap.config.privacy.queue_limit, snap.config.privacy.queue_timeout_seconds
             ):
@@ -419,6 +423,7 @@ class Handlers:
         """Pass the upstream's answer to the client and account for it."""
         metrics = self.state.metrics
         headers = {"x-tiered-tier": tier, "x-tiered-reason": call.reason, REQUEST_ID_HEADER: call.request_id}
+        headers.update(call.notes)
         if call.route_score is not None:
             headers["x-tiered-route-score"] = f"{call.route_score:.4f}"
         content_type = response.headers.get("content-type", "application/json")
@@ -451,6 +456,30 @@ class Handlers:
             reply.force_close()  # `Connection: close`: the client reconnects, through the Service, elsewhere
         metrics.overhead.observe(call.sent - call.started + time.perf_counter() - finished)
         return reply
+
+    def _discipline(self, call: Call, snap: Snapshot, decision: Decision) -> None:
+        """The matched rule's token discipline (tiered_router.discipline): cap max_tokens, truncate old turns."""
+        if decision.rule is None:
+            return
+        rule = snap.config.rules[decision.rule]
+        if rule.max_tokens is None and rule.max_context_tokens is None:
+            return
+        try:
+            done = discipline.apply_discipline(call.body, call.chat, rule.max_tokens, rule.max_context_tokens)
+        except discipline.DisciplineError as error:
+            raise _bad_request(str(error), error.param) from None
+        call.notes.update(done.headers)
+        if not done.changed:
+            return
+        name = rule_name(decision.rule, rule.name)
+        metrics = self.state.metrics
+        if done.clamp is not None:
+            metrics.discipline.labels(name, done.clamp.action).inc()
+        if done.truncation is not None:
+            metrics.discipline.labels(name, "truncated").inc()
+            metrics.truncated_tokens.labels(name).inc(done.truncation.tokens_before - done.truncation.tokens_after)
+        call.body = done.body
+        call.raw = json.dumps(done.body).encode()  # what payload_for sends when nothing else changes
 
     def _plan_escalation(self, call: Call, snap: Snapshot, private: bool) -> None:
         """With an escalation, a non-streaming request asks the `from` tier for the logprobs it needs."""
@@ -609,8 +638,10 @@ class Handlers:
     def _account(
         self, snap: Snapshot, call: Call, tier: str, status: str, usage: cost.Usage, upstream_seconds: float
     ) -> None:
-        spent = snap.prices[tier].cost(usage.input_tokens, usage.output_tokens)
-        baseline = snap.baseline.cost(usage.input_tokens, usage.output_tokens) if snap.baseline else spent
+        # The baseline is priced with the same cache hits: what this traffic would have cost there.
+        tokens = (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens, usage.cache_write_tokens)
+        spent = snap.prices[tier].cost(*tokens)
+        baseline = snap.baseline.cost(*tokens) if snap.baseline else spent
         metrics = self.state.metrics
         metrics.served(
             tier,
@@ -626,6 +657,10 @@ class Handlers:
         )
         if usage.estimated:
             metrics.estimated.labels(tier).inc()
+        if usage.cached_input_tokens:
+            metrics.cached_tokens.labels(tier, "read").inc(usage.cached_input_tokens)
+        if usage.cache_write_tokens:
+            metrics.cached_tokens.labels(tier, "write").inc(usage.cache_write_tokens)
         self.state.ledger.add((tier, call.team, call.feature), usage, spent, baseline)
         self.state.reports.add(
             time.time(), call.request_id, call.task_id, tier, call.team, call.feature, call.user,

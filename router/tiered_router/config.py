@@ -61,6 +61,12 @@ class Pricing(_Model):
     tokens_per_second: float | None = Field(
         None, gt=0, description="Measured tokens (input + output) one replica serves per second (local)."
     )
+    cached_input_per_m_tok: float | None = Field(
+        None, ge=0, description="USD per million prompt tokens read from the upstream's cache; default: input price."
+    )
+    cache_write_per_m_tok: float | None = Field(
+        None, ge=0, description="USD per million prompt tokens written to the upstream's cache; default: input price."
+    )
 
 
 class Tier(_Model):
@@ -238,6 +244,18 @@ class Rule(_Model):
     name: str | None = Field(None, description="Shown in x-tiered-reason as `rule:<name>`; default `rule-<i>`.")
     match: Match = Field(default_factory=Match, description="Conditions; all given ones must hold.")
     tier: str = Field(description="Where matching `model: auto` requests go.")
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Completion-token cap for matching requests: a larger max_tokens / max_completion_tokens "
+        "is clamped, a chat request without one gets it (x-tiered-max-tokens says so).",
+    )
+    max_context_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Prompt budget (estimated tokens) for matching chat requests: the oldest turns are "
+        "dropped until it fits; system messages and the last user turn stay (x-tiered-truncated says so).",
+    )
 
 
 class Privacy(_Model):

@@ -9,6 +9,12 @@
 Usage comes from the upstream's `usage` object (the last SSE event carrying one, for streams). When it is
 absent the router estimates (prompt characters / 4; one token per streamed event or a quarter of the
 completion's characters) and marks the record as estimated.
+
+Provider prompt caches: `Usage.input_tokens` counts every prompt token, of which `cached_input_tokens` were
+read from the provider's cache and `cache_write_tokens` written to it; those are priced at the tier's
+`cachedInputPerMTok` / `cacheWritePerMTok` (default: its input price). Two usage shapes are read: OpenAI's
+(`prompt_tokens` includes `prompt_tokens_details.cached_tokens`) and Anthropic's (`usage_from_anthropic`:
+`input_tokens` excludes `cache_read_input_tokens` and `cache_creation_input_tokens`).
 """
 
 from __future__ import annotations
@@ -27,24 +33,44 @@ _decoder = json.JSONDecoder()
 class Price:
     input_per_token: float
     output_per_token: float
+    cached_input_per_token: float | None = None
+    """Prompt tokens read from the provider's cache; None: the input price."""
+    cache_write_per_token: float | None = None
+    """Prompt tokens written to the provider's cache; None: the input price."""
 
-    def cost(self, input_tokens: int, output_tokens: int) -> float:
-        return input_tokens * self.input_per_token + output_tokens * self.output_per_token
+    def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0, cache_write_tokens: int = 0) -> float:
+        """`input_tokens` counts every prompt token; `cached_tokens` and `cache_write_tokens` are part of it."""
+        cached = self.input_per_token if self.cached_input_per_token is None else self.cached_input_per_token
+        write = self.input_per_token if self.cache_write_per_token is None else self.cache_write_per_token
+        uncached = max(0, input_tokens - cached_tokens - cache_write_tokens)
+        return (
+            uncached * self.input_per_token
+            + cached_tokens * cached
+            + cache_write_tokens * write
+            + output_tokens * self.output_per_token
+        )
 
 
 def tier_price(tier: Tier) -> Price:
     p = tier.pricing
+    cached = None if p.cached_input_per_m_tok is None else p.cached_input_per_m_tok / 1e6
+    write = None if p.cache_write_per_m_tok is None else p.cache_write_per_m_tok / 1e6
     if tier.kind is TierKind.EXTERNAL:
-        return Price((p.input_per_m_tok or 0.0) / 1e6, (p.output_per_m_tok or 0.0) / 1e6)
+        return Price((p.input_per_m_tok or 0.0) / 1e6, (p.output_per_m_tok or 0.0) / 1e6, cached, write)
     per_token = (p.gpu_hour_usd or 0.0) * p.gpus_per_replica / (3600.0 * (p.tokens_per_second or 1.0))
-    return Price(per_token, per_token)
+    return Price(per_token, per_token, cached, write)
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
     input_tokens: int
+    """Every prompt token, cached ones included (OpenAI's `prompt_tokens`)."""
     output_tokens: int
     estimated: bool = False
+    cached_input_tokens: int = 0
+    """Of `input_tokens`: read from the provider's prompt cache."""
+    cache_write_tokens: int = 0
+    """Of `input_tokens`: written to the provider's prompt cache (Anthropic's cache_creation_input_tokens)."""
 
 
 def usage_from_json(body: bytes) -> Usage | None:
@@ -107,13 +133,41 @@ def _is_usage_only(event: bytes) -> bool:
     return isinstance(value, dict) and value.get("choices") == [] and value.get("usage") is not None
 
 
+def _count(value: Any) -> int:
+    """A token count from a usage field: a non-negative int, else 0 (absent, null or malformed)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def _usage(value: Any) -> Usage | None:
+    """OpenAI's usage shape, or Anthropic's (some OpenAI-compatible gateways pass it through as is)."""
     if not isinstance(value, dict):
         return None
     prompt, completion = value.get("prompt_tokens"), value.get("completion_tokens")
     if not isinstance(prompt, int) or not isinstance(completion, int):
+        return usage_from_anthropic(value)
+    details = value.get("prompt_tokens_details")
+    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    # Translated Anthropic usage carries its cache fields next to an inclusive prompt_tokens (LiteLLM) or
+    # under `anthropic` (tiered_router.anthropic.openai_usage); cache writes have no OpenAI field.
+    extra = value.get("anthropic")
+    extra = extra if isinstance(extra, dict) else value
+    cached = cached or _count(extra.get("cache_read_input_tokens"))
+    written = _count(extra.get("cache_creation_input_tokens"))
+    return Usage(prompt, completion, cached_input_tokens=min(cached, prompt), cache_write_tokens=written)
+
+
+def usage_from_anthropic(value: Any) -> Usage | None:
+    """An Anthropic Messages `usage` object (`input_tokens`, `output_tokens`, `cache_read_input_tokens`,
+    `cache_creation_input_tokens`) as a `Usage`, or None if it is not one. Anthropic's `input_tokens`
+    exclude the cache reads and writes, so the prompt is their sum. For a stream, merge `message_start`'s
+    usage with the last `message_delta`'s `output_tokens` first."""
+    if not isinstance(value, dict):
         return None
-    return Usage(prompt, completion)
+    prompt, completion = value.get("input_tokens"), value.get("output_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    read, written = _count(value.get("cache_read_input_tokens")), _count(value.get("cache_creation_input_tokens"))
+    return Usage(prompt + read + written, completion, cached_input_tokens=read, cache_write_tokens=written)
 
 
 @dataclass(slots=True)
@@ -124,11 +178,15 @@ class LedgerLine:
     cost_usd: float = 0.0
     baseline_cost_usd: float = 0.0
     estimated: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
             "input_tokens": self.input_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
             "output_tokens": self.output_tokens,
             "cost_usd": self.cost_usd,
             "baseline_cost_usd": self.baseline_cost_usd,
@@ -149,6 +207,8 @@ class CostLedger:
             line = self.lines[key] = LedgerLine()
         line.requests += 1
         line.input_tokens += usage.input_tokens
+        line.cached_input_tokens += usage.cached_input_tokens
+        line.cache_write_tokens += usage.cache_write_tokens
         line.output_tokens += usage.output_tokens
         line.cost_usd += cost
         line.baseline_cost_usd += baseline
@@ -164,6 +224,8 @@ class CostLedger:
             rows.append({"tier": tier, "team": team, "feature": feature, **line.as_dict()})
             total.requests += line.requests
             total.input_tokens += line.input_tokens
+            total.cached_input_tokens += line.cached_input_tokens
+            total.cache_write_tokens += line.cache_write_tokens
             total.output_tokens += line.output_tokens
             total.cost_usd += line.cost_usd
             total.baseline_cost_usd += line.baseline_cost_usd

@@ -127,6 +127,25 @@ class RouterMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.cached_tokens = Counter(
+            "tiered_router_cached_tokens",
+            "Prompt tokens the upstream read from (kind: read) or wrote to (kind: write) its prompt cache; "
+            "part of tiered_router_tokens{direction=input}.",
+            ["tier", "kind"],
+            registry=r,
+        )
+        self.discipline = Counter(
+            "tiered_router_token_discipline",
+            "Requests a rule's token discipline changed (action: clamped|defaulted max_tokens, truncated context).",
+            ["rule", "action"],
+            registry=r,
+        )
+        self.truncated_tokens = Counter(
+            "tiered_router_truncated_tokens",
+            "Estimated prompt tokens dropped by context truncation.",
+            ["rule"],
+            registry=r,
+        )
 
     def answered(self, tier: str, team: str, feature: str, reason: str, status: str) -> None:
         self._children(tier, team, feature, reason, status)[0].inc()

@@ -81,12 +81,15 @@ class Decision:
     """Private overflow: wait for a slot on `tier` instead of going over its budget."""
     retry_after: int = 0
     """Seconds until a breaker may close, when `reason` is `unavailable`."""
+    rule: int | None = None
+    """Index of the rule that matched (`model: auto`); its token discipline applies wherever the request goes."""
 
 
 def choose_tier(features: RequestFeatures, config: RouterConfig, live: LiveState) -> Decision:
     tiers = {t.name: t for t in config.tiers}
+    rule = None
     if features.model == AUTO_MODEL:
-        name, reason = _by_rules(features, config)
+        name, reason, rule = _by_rules(features, config)
     elif features.model in tiers:
         name, reason = features.model, "explicit"
     else:
@@ -117,7 +120,7 @@ def choose_tier(features: RequestFeatures, config: RouterConfig, live: LiveState
     if not chain:
         waits = [live.open_until[t] - live.now for t in (name, *tiers[name].fallback) if t in live.open_until]
         return Decision(None, UNAVAILABLE, retry_after=max(1, math.ceil(min(waits, default=1.0))))
-    return Decision(chain[0], reason, tuple(chain), queue=queue and chain[0] == name)
+    return Decision(chain[0], reason, tuple(chain), queue=queue and chain[0] == name, rule=rule)
 
 
 def private_local_tier(config: RouterConfig) -> str | None:
@@ -136,12 +139,12 @@ def rule_name(index: int, name: str | None) -> str:
     return name or f"rule-{index}"
 
 
-def _by_rules(features: RequestFeatures, config: RouterConfig) -> tuple[str, str]:
+def _by_rules(features: RequestFeatures, config: RouterConfig) -> tuple[str, str, int | None]:
     for i, rule in enumerate(config.rules):
         if _unmet(rule.match, features, i) is None:
             reason = CLASSIFIER_REASON if rule.match.classifier is not None else f"rule:{rule_name(i, rule.name)}"
-            return rule.tier, reason
-    return config.default, "default"
+            return rule.tier, reason, i
+    return config.default, "default", None
 
 
 @dataclass(frozen=True, slots=True)

@@ -386,6 +386,14 @@ class TokenPricing(Spec):
 
     input_per_m_tok: float = Field(default=0, ge=0, alias="inputPerMTok", description="USD per 1M input.")
     output_per_m_tok: float = Field(default=0, ge=0, alias="outputPerMTok", description="USD per 1M output.")
+    cached_input_per_m_tok: float | None = Field(
+        default=None, ge=0, alias="cachedInputPerMTok",
+        description="USD per 1M prompt tokens read from the provider's prompt cache; default inputPerMTok.",
+    )
+    cache_write_per_m_tok: float | None = Field(
+        default=None, ge=0, alias="cacheWritePerMTok",
+        description="USD per 1M prompt tokens written to the provider's prompt cache; default inputPerMTok.",
+    )
 
 
 class PolicyTier(Spec):
@@ -473,6 +481,16 @@ class Rule(Spec):
 
     match: RuleMatch
     tier: Name
+    max_tokens: int | None = Field(
+        default=None, ge=1, le=10**7,
+        description="Completion-token cap for matching requests: larger max_tokens / max_completion_tokens are "
+        "clamped, chat requests without one get it (x-tiered-max-tokens).",
+    )
+    max_context_tokens: int | None = Field(
+        default=None, ge=1, le=10**8,
+        description="Prompt budget (estimated tokens) for matching chat requests: the oldest turns are dropped "
+        "to fit; system messages and the last user turn stay (x-tiered-truncated).",
+    )
 
 
 class Escalation(Spec):

@@ -99,6 +99,8 @@ def _tier(entry: PolicyTier, policy: RoutingPolicy, tiers: Mapping[str, Inferenc
             pricing=Pricing(
                 input_per_m_tok=price.input_per_m_tok if price else None,
                 output_per_m_tok=price.output_per_m_tok if price else None,
+                cached_input_per_m_tok=price.cached_input_per_m_tok if price else None,
+                cache_write_per_m_tok=price.cache_write_per_m_tok if price else None,
             ),
             **common,
         )
@@ -150,7 +152,8 @@ def _router_config(
             routed = Match(**{key: value for key, value in conditions.items() if value not in (None, [])})
         except ValidationError as error:
             raise RouterConfigRejected(f"{REJECTED}: rules[{index}].match: {_one_line(error)}") from None
-        rules.append(Rule(name=f"rule-{index}", match=routed, tier=rule.tier))
+        rules.append(Rule(name=f"rule-{index}", match=routed, tier=rule.tier, max_tokens=rule.max_tokens,
+                          max_context_tokens=rule.max_context_tokens))
     if spec.cache is not None:
         notes.append("cache is not served by the router yet")
     if spec.budgets:
