@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 
 KEY_ENV = "TIERED_TEST_ANTHROPIC_KEY"
 PRICE_IN, PRICE_OUT = 3.0, 15.0  # USD per million tokens
+PRICE_CACHED, PRICE_WRITE = 0.3, 3.75  # cache reads and writes
 
 
 class FakeAnthropic:
@@ -47,7 +48,7 @@ class FakeAnthropic:
         fake_upstream.stop(self.process)
 
 
-def config(fake: FakeAnthropic, local: FakeUpstream) -> dict[str, Any]:
+def config(fake: FakeAnthropic, local_base_url: str, **claude_pricing: float) -> dict[str, Any]:
     def tier(name: str, **extra: Any) -> dict[str, Any]:
         return {
             "name": name,
@@ -56,18 +57,18 @@ def config(fake: FakeAnthropic, local: FakeUpstream) -> dict[str, Any]:
             "baseURL": fake.base_url,
             "model": "claude-fake",
             "apiKeyEnv": KEY_ENV,
-            "pricing": {"inputPerMTok": PRICE_IN, "outputPerMTok": PRICE_OUT},
+            "pricing": {"inputPerMTok": PRICE_IN, "outputPerMTok": PRICE_OUT, **extra.pop("pricing", {})},
             **extra,
         }
 
     return {
         "tiers": [
-            tier("claude"),
+            tier("claude", pricing=claude_pricing),
             tier("claude-short", defaultMaxTokens=3),
             {
                 "name": "small",
                 "kind": "local",
-                "baseURL": local.base_url,
+                "baseURL": local_base_url,
                 "pricing": {"gpuHourUSD": 3.6, "tokensPerSecond": 1000},
                 "fallback": ["claude"],
             },
@@ -89,7 +90,7 @@ def anthropic_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fa
     local = FakeUpstream("small", tmp)
     os.environ[KEY_ENV] = "sk-ant-test"  # the router process inherits it; removed below
     try:
-        with router(config(fake, local), tmp) as process:
+        with router(config(fake, local.base_url), tmp) as process:
             yield fake, process, local
     finally:
         os.environ.pop(KEY_ENV, None)
@@ -383,3 +384,26 @@ def test_escalation_and_fallback_to_the_anthropic_tier(
     assert raw.headers["x-tiered-tier"] == "claude"  # small failed before the first byte: its fallback answered
     text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
     assert text == "The answer is forty two ."
+
+
+def test_cached_tokens_are_priced_at_the_cache_rates(anthropic_bed: tuple[FakeAnthropic, Router, FakeUpstream]) -> None:
+    fake, process, local = anthropic_bed
+    fake.reset()
+    process.apply(config(fake, local.base_url, cachedInputPerMTok=PRICE_CACHED, cacheWritePerMTok=PRICE_WRITE))
+    try:
+        fake.mode("ok", cache_read=1000, cache_write=200)
+        headers = {"x-tiered-feature": "cache-rates"}
+        messages: Any = [{"role": "user", "content": "one two three"}]
+        client(process).chat.completions.create(model="claude", messages=messages, extra_headers=headers)
+        stream = client(process).chat.completions.create(
+            model="claude", messages=messages, stream=True, extra_headers=headers
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        rows = process.http.get("/v1/tiered/costs").json()["by_tier_team_feature"]
+        [row] = [r for r in rows if r["feature"] == "cache-rates"]
+    finally:
+        process.apply(config(fake, local.base_url))
+    assert row["requests"] == 2
+    assert (row["input_tokens"], row["cached_input_tokens"], row["cache_write_tokens"]) == (2 * 1203, 2000, 400)
+    one = (3 * PRICE_IN + 1000 * PRICE_CACHED + 200 * PRICE_WRITE + 6 * PRICE_OUT) / 1e6
+    assert row["cost_usd"] == pytest.approx(2 * one)
