@@ -8,9 +8,10 @@ drives a bounded, mixed workload through the router (classification, extraction,
 questions, private-team traffic), pushes `small` into burst with the stand-in DCGM exporter and back, and
 prints the cost report from the router's cost API (`/v1/tiered/costs`).
 
-`--keep` leaves the stack up afterwards, prints `OPENAI_BASE_URL=…`, `OPENAI_API_KEY=…` and `KUBECONFIG=…`,
-and waits for Ctrl-C or SIGTERM; either way every process the demo started is stopped. `--report FILE`
-writes the report as JSON (the e2e test checks its arithmetic). Everything listens on 127.0.0.1.
+`--keep` leaves the stack up afterwards, prints `OPENAI_BASE_URL=…`, `OPENAI_API_KEY=…`, `DASHBOARD=…` (the
+router's cost dashboard with the admin key) and `KUBECONFIG=…`, and waits for Ctrl-C or SIGTERM; either way
+every process the demo started is stopped. `--report FILE` writes the report as JSON (the e2e test checks its
+arithmetic). Everything listens on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -306,6 +307,7 @@ def run(keep: bool, report_path: Path | None) -> int:
                 say("Stack is up (Ctrl-C or SIGTERM stops it)")
                 print(f"OPENAI_BASE_URL={stack.router.url}/v1")
                 print(f"OPENAI_API_KEY={objects.USER_KEY}")
+                print(f"DASHBOARD={stack.router.url}/dashboard#key={objects.ADMIN_KEY}")
                 print(f"KUBECONFIG={stack.emulator.kubeconfig}", flush=True)
                 wait_forever()
             say("Stopping everything")
