@@ -139,8 +139,9 @@ class PrometheusHistory:
         for name, query in prometheus_queries(step, team_only).items():
             result = self.client.custom_query_range(
                 query,
-                start_time=datetime.fromtimestamp(begin, UTC),
-                end_time=datetime.fromtimestamp(end - step, UTC),
+                # Evaluated at each bucket's end: increase(...[step]) at t is the bucket (t - step, t].
+                start_time=datetime.fromtimestamp(begin + step, UTC),
+                end_time=datetime.fromtimestamp(end, UTC),
                 step=str(int(step)),
             )
             for item in result:
