@@ -86,6 +86,7 @@ bench: setup ## print performance numbers
 	$(VPY) bench/encoder.py
 	$(VPY) bench/routing_decision.py
 	$(VPY) bench/routing_eval.py
+	$(VPY) bench/cache.py
 
 train-router: setup ## retrain the learned router's head (router/tiered_router/heads/route-v1.json) from data/routing/
 	$(VPY) scripts/train_router.py

@@ -200,15 +200,16 @@ async def completions(request: web.Request) -> web.StreamResponse:
     kind = "chat.completion.chunk" if chat else "text_completion"
     for i, word in enumerate(words):
         delta = word if i == 0 else " " + word
+        finish = "stop" if i == len(words) - 1 else None  # on the last chunk, as OpenAI and vLLM send it
         if chat:
             choice = {
                 "index": 0,
                 "delta": {"content": delta},
-                "finish_reason": None,
+                "finish_reason": finish,
                 "logprobs": None if count is None else _logprobs(state, [word], count),
             }
         else:
-            choice = {"index": 0, "text": delta, "finish_reason": None, "logprobs": None}
+            choice = {"index": 0, "text": delta, "finish_reason": finish, "logprobs": None}
         chunk = {"id": "fake-1", "object": kind, "created": created, "model": model, "choices": [choice]}
         await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
         if i == 0 and mode == "hold":

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from tiered_router import anthropic, auth, cost, discipline, escalation, forward, reporting
+from tiered_router import anthropic, auth, cache, cost, discipline, escalation, forward, reporting
 from tiered_router.attribution import ATTRIBUTION_KEYS, TASK_ID_HEADER, UNKNOWN, attribute, label, task_id
 from tiered_router.config import AUTO_MODEL, TierApi, normalise_task
 from tiered_router.openapi import openapi_document
@@ -142,6 +142,10 @@ class Call:
     """The OpenAI `user` field, label-bounded: the dashboard's cost per end user."""
     cache_hit: bool = False
     """Answered from the router's cache: counted in the cache-hit rate."""
+    tenant: str = UNKNOWN
+    """The caller's team as claimed (not label-bounded): what cache entries are scoped by."""
+    pending_cache: cache.Pending | None = None
+    """Where a cache miss stores its answer (exact key, semantic scope and vector)."""
 
     def payload_for(self, target: forward.Target) -> bytes:
         """The body for one tier: the client's bytes unless the model name, stream options, logprobs for a
@@ -262,6 +266,9 @@ class Handlers:
                     retry_after=decision.retry_after,
                 )
             self._discipline(call, snap, decision)  # before the budget reserves from max_tokens
+            hit = await self._from_cache(request, call, snap, decision, features)
+            if hit is not None:  # a cached answer costs nothing: no budget, no upstream
+                return hit
             if decision.queue and not await state.flight.wait_for_slot(
                 decision.tier, snap.config.privacy.queue_limit, snap.config.privacy.queue_timeout_seconds
             ):
@@ -410,6 +417,7 @@ class Handlers:
         privacy = config.privacy
         # Privacy reads the claimed team, not its bounded label: a team counted as `other` is still private.
         team = call.team if identity is not None else team_claim or UNKNOWN
+        call.tenant = team
         private = (
             team in privacy.private_teams
             or headers.get(privacy.private_header, "").strip().lower() in TRUE_VALUES
@@ -448,6 +456,7 @@ class Handlers:
             if call.probe is not None and snap.targets[tier] is call.probe:
                 data, waited = await self._escalate(snap, call, data, headers)
                 finished += waited
+            self._store(snap, call, headers["x-tiered-tier"], data)
         else:
             metrics.answered(tier, call.team, call.feature, call.reason, str(status))
         reply = web.Response(body=data, status=status, headers=headers)
@@ -480,6 +489,92 @@ class Handlers:
             metrics.truncated_tokens.labels(name).inc(done.truncation.tokens_before - done.truncation.tokens_after)
         call.body = done.body
         call.raw = json.dumps(done.body).encode()  # what payload_for sends when nothing else changes
+
+    async def _from_cache(
+        self, request: web.Request, call: Call, snap: Snapshot, decision: Decision, features: RequestFeatures
+    ) -> web.StreamResponse | None:
+        """A cached answer for this request (exact, then semantic), or None after noting where to store
+        the answer it gets (`call.pending_cache`)."""
+        caches, metrics = self.state.cache, self.state.metrics
+        if (caches.exact is None and caches.semantic is None) or decision.tier is None:
+            return None
+        call.reason = decision.reason
+        scope = (call.tenant, features.private, f"{decision.tier}:{snap.targets[decision.tier].model}")
+        pending = cache.Pending()
+        now = time.monotonic()
+        if caches.exact is not None:
+            pending.exact_key = cache.exact_key(*scope, call.body, call.chat)
+            answer = caches.exact.get(pending.exact_key, now)
+            if answer is not None:
+                return self._cached_reply(call, snap, answer, "exact")
+            metrics.cache.labels("exact", "miss").inc()
+        settings = snap.config.cache.semantic if snap.config.cache else None
+        if caches.semantic is not None and settings is not None and features.text:
+            opt_in = snap.config.rules[decision.rule].semantic_cache if decision.rule is not None else None
+            if cache.semantic_eligible(settings, opt_in, call.body):
+                vectors = await self.state.embedder.embed([(features.text, snap.config.encoder.max_tokens)])
+                if vectors is not None:  # past the encoder's time budget: no semantic lookup, no store
+                    pending.scope = cache.semantic_scope(*scope, call.body, call.chat)
+                    pending.vector, pending.text = vectors[0], features.text
+                    found = caches.semantic.lookup(pending.scope, pending.vector, features.text, time.monotonic())
+                    if found.hit is not None:
+                        return self._cached_reply(call, snap, found.hit.answer, "semantic", found.hit.similarity)
+                    metrics.cache.labels("semantic", "guarded" if found.guarded else "miss").inc()
+        call.pending_cache = pending if pending.wanted else None
+        return None
+
+    def _cached_reply(
+        self, call: Call, snap: Snapshot, answer: cache.Answer, kind: str, similarity: float | None = None
+    ) -> web.Response:
+        """Answer from the cache (a stream if the client asked for one); count the hit and what it saved,
+        which is not spend: no cost, no ledger line, no budget."""
+        metrics = self.state.metrics
+        metrics.cache.labels(kind, "hit").inc()
+        price = snap.prices.get(answer.tier)
+        saved = price.cost(answer.input_tokens, answer.output_tokens) if price else 0.0
+        metrics.cache_saved.labels(kind, answer.tier, call.team, call.feature).inc(saved)
+        metrics.answered(answer.tier, call.team, call.feature, f"cache_{kind}", "200")
+        baseline = snap.baseline.cost(answer.input_tokens, answer.output_tokens) if snap.baseline else saved
+        call.cache_hit = True
+        self.state.reports.add(
+            time.time(), call.request_id, call.task_id, answer.tier, call.team, call.feature, call.user,
+            answer.input_tokens, answer.output_tokens, 0.0, baseline, cache_hit=True,
+        )  # fmt: skip
+        headers = {"x-tiered-tier": answer.tier, "x-tiered-reason": call.reason, "x-tiered-cache": kind}
+        headers[REQUEST_ID_HEADER] = call.request_id
+        headers.update(call.notes)
+        if similarity is not None:
+            headers["x-tiered-cache-similarity"] = f"{similarity:.4f}"
+        if call.stream:
+            body, content_type = cache.sse_from_answer(answer, call.chat, call.wants_usage), "text/event-stream"
+        else:
+            body, content_type = answer.body, "application/json"
+        reply = web.Response(body=body, headers=headers, content_type=content_type)
+        if self.state.lifecycle.draining:
+            reply.force_close()
+        metrics.overhead.observe(time.perf_counter() - call.started)
+        return reply
+
+    def _store(self, snap: Snapshot, call: Call, tier: str, data: bytes, usage_from_sse: bool = False) -> None:
+        """Keep a complete 200 answer (JSON, or a whole stream) where the cache lookup said."""
+        pending = call.pending_cache
+        if pending is None:
+            return
+        if usage_from_sse:
+            usage = cost.usage_from_sse(data[-SSE_TAIL_BYTES:])
+            tokens = (usage.input_tokens, usage.output_tokens) if usage else (estimate_tokens(len(call.text)), 0)
+            answer = cache.answer_from_sse(data, tier, call.chat, *tokens)
+        else:
+            usage = cost.usage_from_json(data) or _estimate_json(call.text, data)
+            answer = cache.answer_from_json(data, tier, usage.input_tokens, usage.output_tokens)
+        metrics = self.state.metrics
+        if answer is None:
+            for kind, wanted in (("exact", pending.exact_key), ("semantic", pending.scope)):
+                if wanted is not None:
+                    metrics.cache.labels(kind, "skipped").inc()
+            return
+        for kind, stored in self.state.cache.store(pending, answer, time.monotonic()):
+            metrics.cache.labels(kind, "stored" if stored else "skipped").inc()
 
     def _plan_escalation(self, call: Call, snap: Snapshot, private: bool) -> None:
         """With an escalation, a non-streaming request asks the `from` tier for the logprobs it needs."""
@@ -584,6 +679,8 @@ class Handlers:
         status = "200"
         # The usage chunk was asked for on the client's behalf: hold back partial events so it can be cut.
         held: bytes | None = None if call.wants_usage else b""
+        whole = bytearray() if call.pending_cache is not None else None  # the stream, for the cache
+        whole_limit = self.state.cache.entry_limit()
         translator = None
         source: AsyncIterator[bytes] = response.stream  # type: ignore[assignment]
         if snap.targets[tier].api is TierApi.ANTHROPIC:
@@ -598,6 +695,9 @@ class Handlers:
                     first = False
                 events += chunk.count(b"data:")
                 tail = (tail + chunk)[-SSE_TAIL_BYTES:]
+                if whole is not None:
+                    whole.extend(chunk)
+                    whole = whole if len(whole) <= whole_limit else None
                 out = chunk
                 if held is not None:
                     out, held = _whole_events(held + chunk)
@@ -626,6 +726,8 @@ class Handlers:
                 await reply.write(sse_error(SHUTTING_DOWN, "service_unavailable", "shutting_down"))
         if translator is not None and translator.failed and status == "200":
             status = "502"  # the upstream's own error event, passed on in OpenAI's shape
+        if whole is not None and status == "200":
+            self._store(snap, call, tier, bytes(whole), usage_from_sse=True)
         usage = cost.usage_from_sse(tail)
         if usage is None:  # one streamed event is about one token; drop the role and [DONE] events
             usage = cost.Usage(estimate_tokens(len(call.text)), max(0, events - 2), estimated=True)

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from tiered_router.cache import CacheSettings
 from tiered_router.escalation import Escalation
 
 AUTO_MODEL = "auto"
@@ -244,6 +245,9 @@ class Rule(_Model):
     name: str | None = Field(None, description="Shown in x-tiered-reason as `rule:<name>`; default `rule-<i>`.")
     match: Match = Field(default_factory=Match, description="Conditions; all given ones must hold.")
     tier: str = Field(description="Where matching `model: auto` requests go.")
+    semantic_cache: bool | None = Field(
+        None, description="Semantic cache for requests this rule routes: true opts in (with `cache.semantic`)."
+    )
     max_tokens: int | None = Field(
         None,
         ge=1,
@@ -340,6 +344,9 @@ class RouterConfig(_Model):
     )
     encoder: EncoderSettings = Field(
         default_factory=EncoderSettings, description="The encoder behind classifier and similarTo rules."
+    )
+    cache: CacheSettings | None = Field(
+        None, description="Exact and semantic response caches; none (the default) turns both off."
     )
     prometheus_url: str | None = Field(
         None,

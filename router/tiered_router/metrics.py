@@ -101,6 +101,19 @@ class RouterMetrics:
             buckets=OVERHEAD_BUCKETS,
             registry=r,
         )
+        self.cache = Counter(
+            "tiered_router_cache",
+            "Response cache lookups and stores (kind: exact|semantic; outcome: hit, miss, guarded — a semantic "
+            "candidate refused as a negation or reversal —, stored, skipped — an answer not storable).",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.cache_saved = Counter(
+            "tiered_router_cache_saved_usd",
+            "What the upstream calls answered from the cache would have cost (priced at the answering tier).",
+            ["kind", "tier", "team", "feature"],
+            registry=r,
+        )
         self.route_score = Histogram(
             "tiered_router_route_score",
             "Classifier scores (probability a request needs the frontier tier) by head.",

@@ -25,6 +25,7 @@ import httpx
 from tiered_router import anthropic, auth, cost, forward, outcomes
 from tiered_router.attribution import LabelBounds
 from tiered_router.breaker import CLOSED, HALF_OPEN, OPEN, Breakers
+from tiered_router.cache import ResponseCache
 from tiered_router.config import AUTO_MODEL, RouterConfig, TierApi, TierKind, load_config
 from tiered_router.metrics import RouterMetrics
 from tiered_router.scoring import Embedder, RoutingModels, routing_models
@@ -76,6 +77,8 @@ def build_snapshot(config: RouterConfig, embedder: Embedder) -> Snapshot:
             tier.api,
             tier.default_max_tokens,
         )
+    if config.cache is not None and config.cache.semantic is not None:
+        _load_encoder_for_cache(config, embedder)
     prices = {t.name: cost.tier_price(t) for t in config.tiers}
     models = [{"id": name, "object": "model", "created": 0, "owned_by": "tiered"} for name in [*targets, AUTO_MODEL]]
     return Snapshot(
@@ -91,6 +94,17 @@ def build_snapshot(config: RouterConfig, embedder: Embedder) -> Snapshot:
         config.bounds.max_label_values,
         routing_models(config, embedder),
     )
+
+
+def _load_encoder_for_cache(config: RouterConfig, embedder: Embedder) -> None:
+    """The semantic cache embeds with the routing encoder (one per process); a config that asks for it
+    without the encoder installed is refused."""
+    from tiered_router.encoder import EncoderUnavailable
+
+    try:
+        embedder.encoder(config.encoder)
+    except EncoderUnavailable as error:
+        raise ValueError(f"cache.semantic needs the sentence encoder: {error}") from None
 
 
 def base_url_notes(config: RouterConfig) -> list[str]:
@@ -171,6 +185,9 @@ class RouterState:
         self.ledger = cost.CostLedger()
         self.reports = outcomes.Reports(started=time.time())
         self.labels = LabelBounds()
+        self.cache = ResponseCache()
+        """Exact and semantic response caches (kept across reloads, resized by each config)."""
+        self.cache.configure(config.cache)
         self._failed: tuple[FileSignature | None, FileSignature | None] | None = None
         self.metrics.watch(self._live_sample, self.private_ready, self.labels.overflowed)
         self.upstream = forward.Upstream(
@@ -271,6 +288,7 @@ class RouterState:
             return False
         self._failed = None
         self.snapshot = snapshot  # the atomic swap: requests in flight keep the snapshot they read
+        self.cache.configure(snapshot.config.cache)
         # Signatures taken before the files were read: a swap during the read shows as a change next time.
         self._signatures = (signatures[0], keys_signature)
         self.metrics.reloads.inc()
