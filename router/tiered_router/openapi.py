@@ -211,6 +211,64 @@ def openapi_document(config: RouterConfig) -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/tiered/costs/history": {
+                "get": {
+                    "summary": "Cost, tokens and requests by tier per step over a window (memory ring or Prometheus).",
+                    "parameters": [
+                        {"name": "window", "in": "query", "schema": {"type": "number", "exclusiveMinimum": 0}},
+                        {"name": "step", "in": "query", "schema": {"type": "number", "exclusiveMinimum": 0}},
+                        {"name": "source", "in": "query", "schema": {"type": "string", "enum": ["memory"]}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "Series by tier.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"type": "object", "required": ["source", "timestamps", "tiers"]}
+                                }
+                            },
+                        },
+                        "400": _error("`window` or `step` not a positive number of seconds, or an unknown `source`."),
+                        "401": _error("Missing or invalid API key."),
+                    },
+                }
+            },
+            "/v1/tiered/feedback": {
+                "post": {
+                    "summary": "The outcome of a task (named by its task id or one of its requests' ids).",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["outcome"],
+                                    "anyOf": [{"required": ["request_id"]}, {"required": ["task_id"]}],
+                                    "properties": {
+                                        "request_id": {"type": "string", "minLength": 1},
+                                        "task_id": {"type": "string", "minLength": 1},
+                                        "outcome": {"type": "string", "enum": ["resolved", "unresolved"]},
+                                        "score": {"type": "number"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The task as judged: requests, calls, cost.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"type": "object", "required": ["task", "outcome", "cost_usd"]}
+                                }
+                            },
+                        },
+                        "400": _error("Malformed body, no id, or an unknown outcome."),
+                        "401": _error("Missing or invalid API key."),
+                        "404": _error("No such request or task (or another team's)."),
+                    },
+                }
+            },
             "/v1/tiered/explain": {
                 "post": {
                     "summary": "The routing decision for a chat request (features, scores, rule trace), not forwarded.",

@@ -80,6 +80,22 @@ def _tokens_per_day(state: RouterState, now: float) -> float:
     return float(tokens) * economics.SECONDS_PER_DAY / window
 
 
+_NOT_A_NUMBER = object()
+
+
+def _number(value: object) -> float | object | None:
+    """A finite JSON number as a float, None when absent, else `_NOT_A_NUMBER` (booleans are not numbers)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return _NOT_A_NUMBER
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond a float
+        return _NOT_A_NUMBER
+    return number if math.isfinite(number) else _NOT_A_NUMBER
+
+
 class Reporting:
     def __init__(self, state: RouterState) -> None:
         self.state = state
@@ -106,17 +122,15 @@ class Reporting:
         except ValueError:
             message = "`outcome` must be `resolved` or `unresolved`"
             return _error(400, message, "invalid_request_error", "bad_request", "outcome")
-        score = body.get("score")
-        if score is not None and (
-            isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score)
-        ):
+        score = _number(body.get("score"))
+        if score is _NOT_A_NUMBER:
             return _error(400, "`score` must be a number", "invalid_request_error", "bad_request", "score")
         task = state.reports.log.find_task(request_id, task_id)
         if task is None or (team is not None and task.team != team):
             # Another team's task is reported as unknown: a key learns nothing about other teams' ids.
             message = "no such request or task (the router remembers the last 100k requests, 24 h)"
             return _error(404, message, "invalid_request_error", "not_found")
-        judged = state.reports.log.judge(task, outcome, None if score is None else float(score))
+        judged = state.reports.log.judge(task, outcome, score if isinstance(score, float) else None)
         metrics = state.metrics
         metrics.feedback.labels(outcome.value, task.tier, task.team, task.feature).inc()
         if judged.newly_resolved:
@@ -149,11 +163,14 @@ class Reporting:
             return _error(400, "`window` and `step` are seconds", "invalid_request_error", "bad_request", "window")
         if not (math.isfinite(window) and math.isfinite(step)) or window <= 0 or step <= 0:
             return _error(400, "`window` and `step` must be positive", "invalid_request_error", "bad_request", "window")
+        source = request.query.get("source")
+        if source not in (None, "memory"):
+            return _error(400, "`source` may only be `memory`", "invalid_request_error", "bad_request", "source")
         window = min(window, MAX_WINDOW_SECONDS)
         step = max(step, window / 720)  # at most 720 points
         now = time.time()
         url = snap.config.prometheus_url
-        if url and request.query.get("source") != "memory":
+        if url and source is None:
             client = self._prometheus.get(url)
             if client is None:
                 client = self._prometheus[url] = PrometheusHistory(url)
