@@ -1,6 +1,6 @@
 """Request ids, feedback and cost per resolved task, with a real router and fake upstreams on loopback.
 
-One module-scoped router (escalation `small` → `big`) serves every case; each case
+One module-scoped router (escalation `small` → `big`, the exact cache on) serves every case; each case
 names its own feature and task ids, so its calls are told apart in /v1/tiered/costs. The task cost a case
 expects is read from the ledger's rows for its feature: the sum of every call the router priced.
 """
@@ -34,6 +34,7 @@ def rt(router_fakes: dict[str, FakeUpstream], tmp_path_factory: pytest.TempPathF
     config = base_config(
         router_fakes,
         escalation={"from": "small", "to": "big", "minConfidence": 0.7},
+        cache={"exact": {"ttlSeconds": 300}},
         apiKeysFile=str(keys),
         attribution={"features": FEATURES},
         privacy={},
@@ -122,6 +123,22 @@ def test_an_escalated_call_counts_both_calls_cost(rt: Router, router_fakes: dict
     assert judged["cost_usd"] == pytest.approx(feature_cost(rt, "escalated"))
     assert by_feature(rt, "escalated")["cost_per_resolved_task_usd"] == pytest.approx(judged["cost_usd"])
     assert costs(rt)["rates"]["escalated"] == before + 1
+
+
+def test_a_cache_hit_costs_nothing_upstream(rt: Router, router_fakes: dict[str, FakeUpstream]) -> None:
+    task = f"c-{uuid.uuid4().hex}"
+    same = {"messages": [{"role": "user", "content": f"cache me {task}"}], "temperature": 0}
+    first = ask(rt, "cached", task=task, **same)
+    upstream_calls = router_fakes["small"].requests
+    second = ask(rt, "cached", task=task, **same)
+    assert second.headers.get("x-tiered-cache") == "exact"
+    assert router_fakes["small"].requests == upstream_calls  # the upstream was not asked again
+    assert second.headers["x-tiered-request-id"] != first.headers["x-tiered-request-id"]
+    judged = feedback(rt, request_id=second.headers["x-tiered-request-id"], outcome="resolved").json()
+    assert judged["requests"] == 2 and judged["cost_usd"] == pytest.approx(feature_cost(rt, "cached"))
+    assert judged["cost_usd"] > 0
+    rates = costs(rt)["rates"]
+    assert rates["cache_hits"] >= 1 and 0 < rates["cache_hit_rate"] < 1
 
 
 def test_a_team_key_judges_and_sees_its_own_team_only(rt: Router) -> None:
