@@ -3,9 +3,9 @@
 and every number the page shows (read from its `data-metric` elements) equals `/v1/tiered/costs`.
 
 The workload: two teams, three features, four end users, tasks of one to three calls with feedback, a
-`Theorem` rule to the external tier, escalations (low-confidence answers of `small`), streams, and a
-burst flag on `small`. `UPDATE_SCREENSHOT=1` also writes the screenshot to docs/img/dashboard.png (the
-README's picture comes from this workload).
+`Theorem` rule to the external tier, escalations (low-confidence answers of `small`), streams, exact-cache
+hits (prompts repeat across rounds), and a burst flag on `small`. `UPDATE_SCREENSHOT=1` also writes the
+screenshot to docs/img/dashboard.png (the README's picture comes from this workload).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Router, di
         config = base_config(
             up,
             escalation={"from": "small", "to": "big", "minConfidence": 0.7},
+            cache={"exact": {"ttlSeconds": 600}},  # prompts repeat across rounds: later ones are hits
             apiKeysFile=str(keys),
             attribution={"features": FEATURES},
             privacy={},
@@ -193,6 +194,7 @@ async def test_dashboard_shows_the_cost_api_numbers(
         after = costs(rt, "sk-admin")
         check_page(shown, before, after)
         assert after["rates"]["escalated"] > 0 and after["resolution"]["totals"]["tasks_resolved"] > 0
+        assert 0 < after["rates"]["cache_hits"] < after["rates"]["requests"]
         assert shown["burst:small"] == "true" and shown["burst:big"] == "false"
         assert {k.split(":")[1] for k in shown if k.startswith("cost-by-team:")} == {"search", "support"}
         assert await page.evaluate("document.querySelectorAll('#burn-chart polygon').length") >= 2  # two tiers
