@@ -83,3 +83,21 @@ def test_external_provider_becomes_the_tier_api() -> None:
     by_name = {t.name: t for t in config.tiers}
     assert (by_name["frontier"].api, by_name["frontier"].model) == (TierApi.ANTHROPIC, "claude-sonnet-4-5")
     assert {t.api for name, t in by_name.items() if name != "frontier"} == {TierApi.OPENAI}
+
+
+def test_cache_reaches_the_router() -> None:
+    policy, tiers = examples()
+    raw = policy.model_dump(by_alias=True, exclude_none=True)
+    raw["spec"]["cache"] = {"exact": {"ttlSeconds": 60, "maxBytes": 1 << 20},
+                            "semantic": {"threshold": 0.9, "serveSampled": True}}
+    raw["spec"]["rules"][0]["semanticCache"] = True
+    config, notes = router_config(type(policy).model_validate(raw), tiers, bursting=False)
+    assert not any("cache" in note for note in notes)
+    assert config.cache is not None and config.cache.exact is not None and config.cache.semantic is not None
+    assert (config.cache.exact.ttl_seconds, config.cache.exact.max_bytes, config.cache.exact.max_entry_bytes) == (
+        60, 1 << 20, 1 << 20)
+    semantic = config.cache.semantic
+    assert (semantic.threshold, semantic.serve_sampled, semantic.all_requests, semantic.max_entries) == (
+        0.9, True, True, 10000)
+    assert config.rules[0].semantic_cache is True
+    assert router_config(policy, tiers, bursting=False)[0].cache is None  # no spec.cache: no cache

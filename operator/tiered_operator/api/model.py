@@ -491,6 +491,9 @@ class Rule(Spec):
         description="Prompt budget (estimated tokens) for matching chat requests: the oldest turns are dropped "
         "to fit; system messages and the last user turn stay (x-tiered-truncated).",
     )
+    semantic_cache: bool | None = Field(
+        default=None, description="Semantic cache for requests this rule routes: true opts in, false out."
+    )
 
 
 class Escalation(Spec):
@@ -550,11 +553,33 @@ class Attribution(Spec):
 
 
 class ExactCache(Spec):
-    ttl_seconds: int = Field(default=300, ge=1, le=604800)
+    """Answers kept by the exact request (team, privacy class, tier, sampling parameters, messages)."""
+
+    ttl_seconds: int = Field(default=300, ge=1, le=604800, description="How long an answer is served.")
+    max_bytes: int | None = Field(
+        default=None, ge=1024, le=1 << 40, description="Size bound of stored answers per router (default 64 MiB)."
+    )
+    max_entry_bytes: int | None = Field(
+        default=None, ge=256, le=1 << 30, description="Larger answers are not stored (default 1 MiB)."
+    )
 
 
 class SemanticCache(Spec):
-    threshold: float = Field(default=0.95, ge=0, le=1)
+    """Answers served to requests whose last user message means the same (needs the router's encoder)."""
+
+    threshold: float = Field(default=0.95, ge=0, le=1, description="Cosine similarity at least this.")
+    ttl_seconds: int | None = Field(default=None, ge=1, le=604800, description="How long (default 300 s).")
+    max_entries: int | None = Field(default=None, ge=1, le=10**7, description="Entries per router (default 10000).")
+    max_bytes: int | None = Field(
+        default=None, ge=1024, le=1 << 40, description="Size bound of stored answers per router (default 64 MiB)."
+    )
+    serve_sampled: bool | None = Field(
+        default=None, description="Serve requests with temperature > 0 or unset too (default false)."
+    )
+    all_requests: bool | None = Field(
+        default=None,
+        description="false: only requests routed by a rule with semanticCache: true (default true).",
+    )
 
 
 class Cache(Spec):

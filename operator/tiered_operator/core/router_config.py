@@ -5,7 +5,7 @@ tier the burst starts from gets `burst: true` and `burstTarget`, and the router 
 Local tiers point at their InferenceTier's endpoint and are priced from its `gpuHourUSD` and capacity plan;
 external tiers read their API key from an environment variable the router Deployment fills from the Secret.
 
-Policy features the router does not implement yet (cache, budgets) are left out and named in the returned
+Policy features the router does not implement yet (budgets) are left out and named in the returned
 notes, so the operator can say so instead of silently dropping them.
 
 Pure: no I/O.
@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from tiered_router.cache import CacheSettings, ExactCache, SemanticCache
 from tiered_router.config import (
     Attribution,
     Classifier,
@@ -133,7 +134,7 @@ def _router_config(
     policy: RoutingPolicy, tiers: Mapping[str, InferenceTier], *, bursting: bool
 ) -> tuple[RouterConfig, list[str]]:
     spec = policy.spec
-    notes = []
+    notes: list[str] = []  # what the router would leave out (nothing today)
     rules = []
     for index, rule in enumerate(spec.rules):
         match = rule.match
@@ -153,9 +154,7 @@ def _router_config(
         except ValidationError as error:
             raise RouterConfigRejected(f"{REJECTED}: rules[{index}].match: {_one_line(error)}") from None
         rules.append(Rule(name=f"rule-{index}", match=routed, tier=rule.tier, max_tokens=rule.max_tokens,
-                          max_context_tokens=rule.max_context_tokens))
-    if spec.cache is not None:
-        notes.append("cache is not served by the router yet")
+                          max_context_tokens=rule.max_context_tokens, semantic_cache=rule.semantic_cache))
     if spec.budgets:
         notes.append("budgets are not enforced by the router yet")
     config = RouterConfig(
@@ -163,6 +162,7 @@ def _router_config(
         default=spec.default,
         baseline=spec.baseline,
         rules=rules,
+        cache=_cache(policy),
         escalation=None if spec.escalation is None else Escalation.model_validate(
             {"from": spec.escalation.from_, "to": spec.escalation.to,
              "minConfidence": spec.escalation.min_confidence, "method": spec.escalation.method}),
@@ -174,6 +174,19 @@ def _router_config(
                if spec.attribution.max_label_values is not None else {})),
     )
     return config, notes
+
+
+def _cache(policy: RoutingPolicy) -> CacheSettings | None:
+    """`spec.cache` for the router: its exact and semantic caches, unset fields at the router's defaults."""
+    cache = policy.spec.cache
+    if cache is None:
+        return None
+    exact, semantic = cache.exact, cache.semantic
+    return CacheSettings(
+        exact=None if exact is None else ExactCache.model_validate(exact.model_dump(by_alias=True, exclude_none=True)),
+        semantic=None if semantic is None else SemanticCache.model_validate(
+            semantic.model_dump(by_alias=True, exclude_none=True)),
+    )
 
 
 def render_router_configmap(policy: RoutingPolicy, config: RouterConfig) -> dict[str, Any]:
