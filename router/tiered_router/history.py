@@ -62,6 +62,12 @@ class HistoryRing:
         line[3] += cost
         line[4] += baseline
 
+    def tokens_since(self, since: float) -> float:
+        """Input plus output tokens in the buckets that start at or after `since` (every team)."""
+        return sum(
+            line[1] + line[2] for bucket in self.buckets if bucket.start >= since for line in bucket.lines.values()
+        )
+
     def series(self, now: float, window: float, step: float, team_only: str | None = None) -> dict[str, Any]:
         """Points every `step` seconds over the last `window` seconds, by tier (zero-filled)."""
         step = max(self.step, math.ceil(step / self.step) * self.step)

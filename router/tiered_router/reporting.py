@@ -74,10 +74,10 @@ def costs_report(state: RouterState, snap: Snapshot, team: str | None) -> dict[s
 
 
 def _tokens_per_day(state: RouterState, now: float) -> float:
-    window = min(VOLUME_WINDOW_SECONDS, max(state.reports.ring.step, now - state.reports.started))
-    series = state.reports.ring.series(now, window, window)
-    tokens = sum(sum(t["input_tokens"]) + sum(t["output_tokens"]) for t in series["tiers"].values())
-    return float(tokens) * economics.SECONDS_PER_DAY / window
+    ring = state.reports.ring
+    window = min(VOLUME_WINDOW_SECONDS, max(ring.step, now - state.reports.started))
+    # Whole buckets: the one holding `now - window` is counted if it starts after it (at most one step short).
+    return ring.tokens_since(now - window) * economics.SECONDS_PER_DAY / window
 
 
 _NOT_A_NUMBER = object()

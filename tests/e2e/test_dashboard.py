@@ -74,7 +74,8 @@ def workload(rt: Router, up: dict[str, FakeUpstream]) -> None:
                     n += 1
                     low = n % 7 == 0  # this answer of `small` is unsure: escalated to `big`
                     up["small"].control.post("/_fake/logprobs", json={"logprob": math.log(0.1 if low else 0.95)})
-                    text = "Prove the Theorem " * 6 if (n % 5 == 0) else "word " * (5 + 3 * f + u)
+                    # The Theorem prompt repeats (later ones are cache hits); the others differ by round.
+                    text = "Prove the Theorem " * 6 if n % 5 == 0 else "word " * (5 + 3 * f + u) + str(round_)
                     task = f"{team}-{feature}-{round_}-{u % 2}"
                     reply = rt.http.post(
                         "/v1/chat/completions",
@@ -180,7 +181,7 @@ def check_page(shown: dict[str, str], before: dict[str, Any], after: dict[str, A
     assert not wrong, wrong
     # The volume is the last hour's rate (the window since start while shorter): it falls as time passes.
     volume = number(shown["tokens-per-day"])
-    assert volume is not None
+    assert volume is not None and volume > 0
     assert after["break_even"]["tokens_per_day"] <= volume <= before["break_even"]["tokens_per_day"]
 
 

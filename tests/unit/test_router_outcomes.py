@@ -101,6 +101,7 @@ def test_history_ring_rebuckets_by_tier_and_drops_old_buckets():
     assert series["tiers"]["small"]["requests"] == [3.0, 3.0]
     assert series["tiers"]["big"]["input_tokens"] == [300.0, 300.0]
     assert ring.series(119.0, 60, 30, team_only="legal")["tiers"] == {}
+    assert ring.tokens_since(90.0) == 6 * 110  # the buckets at 90, 100 and 110 s, two calls each
 
 
 def test_reports_count_an_escalated_request_once_in_the_ring():
