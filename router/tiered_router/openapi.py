@@ -36,6 +36,14 @@ _ROUTING_HEADERS = {
         "schema": {"type": "string"},
     },
     "x-tiered-escalated": {"description": "1 when the escalation `to` tier answered.", "schema": {"type": "string"}},
+    "x-tiered-cache": {
+        "description": "Answered from the router's response cache: exact or semantic (absent on a miss).",
+        "schema": {"type": "string", "enum": ["exact", "semantic"]},
+    },
+    "x-tiered-cache-similarity": {
+        "description": "A semantic hit's cosine similarity to the cached request, 0 to 1.",
+        "schema": {"type": "string"},
+    },
 }
 
 
