@@ -17,18 +17,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from aiohttp import web
 
-from tiered_router import anthropic, auth, cache, cost, discipline, escalation, forward, reporting
+from tiered_router import anthropic, auth, budgets, cache, cost, discipline, escalation, forward, reporting
 from tiered_router.attribution import ATTRIBUTION_KEYS, TASK_ID_HEADER, UNKNOWN, attribute, label, task_id
-from tiered_router.config import AUTO_MODEL, TierApi, normalise_task
+from tiered_router.config import AUTO_MODEL, TierApi, TierKind, normalise_task
 from tiered_router.openapi import openapi_document
 from tiered_router.policy import (
     NO_SIGNALS,
@@ -43,6 +45,8 @@ from tiered_router.policy import (
 )
 from tiered_router.scoring import explain_signals, route_signals
 from tiered_router.state import RouterState, Snapshot
+
+log = logging.getLogger("tiered.router")
 
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 SSE_TAIL_BYTES = 16384  # the usage event is small and comes last; keep only the end of each stream
@@ -135,6 +139,12 @@ class Call:
     """The escalation `from` tier's target: its answer's confidence is checked (`Handlers._escalate`)."""
     probe_fields: dict[str, Any] = field(default_factory=dict)
     """Logprob fields added to the body sent to `probe` (the client did not ask for them)."""
+    api_key: str | None = None
+    """The `name` of the caller's API key (what a budget's `apiKey` names)."""
+    hold: budgets.Hold | None = None
+    """What budgets reserved for this request (settled per answer, released when it ends)."""
+    budget: str = ""
+    """`x-tiered-budget`: `downgraded` or `over-task-budget`, when a budget changed or flagged the request."""
     request_id: str = ""
     """Sent back as `x-tiered-request-id`; feedback names a request (and so its task) by it."""
     task_id: str | None = None
@@ -249,6 +259,8 @@ class Handlers:
             return error_response(503, SHUTTING_DOWN, "service_unavailable", "shutting_down", {"Retry-After": "1"})
         finally:
             requests.discard(task)
+            if call.hold is not None:
+                budgets.release(state.budgets, call.hold)
 
     async def _answer(self, request: web.Request, call: Call, snap: Snapshot) -> web.StreamResponse:
         state = self.state
@@ -269,6 +281,8 @@ class Handlers:
             hit = await self._from_cache(request, call, snap, decision, features)
             if hit is not None:  # a cached answer costs nothing: no budget, no upstream
                 return hit
+            decision = self._budget(call, snap, features, decision)
+            assert decision.tier is not None  # a budget keeps a tier or raises
             if decision.queue and not await state.flight.wait_for_slot(
                 decision.tier, snap.config.privacy.queue_limit, snap.config.privacy.queue_timeout_seconds
             ):
@@ -316,6 +330,51 @@ class Handlers:
         live = LiveState(self.state.flight.count, self.state.breakers.open_until, time.monotonic())
         return features, choose_tier(features, snap.config, live)
 
+    def _budget(self, call: Call, snap: Snapshot, features: RequestFeatures, decision: Decision) -> Decision:
+        """Budgets and the task budget on the chosen tier: go, go to the cheapest tier that fits
+        (`x-tiered-budget: downgraded`), or 429 with the window's reset time; reserves the worst case."""
+        config = snap.config
+        limits = budgets.Limits(tuple(config.budgets), config.budget_settings, config.task_budget)
+        if not limits.active or decision.tier is None:
+            return decision
+        state = self.state
+        max_tokens = budgets.requested_max_tokens(call.body) or config.budget_settings.assume_max_tokens
+        request = budgets.Request(
+            call.team, call.feature, call.api_key, features.prompt_tokens, max_tokens, call.task_id, features.private
+        )
+        prices = {name: budgets.PerToken(p.input_per_token, p.output_per_token) for name, p in snap.prices.items()}
+        local = [t.name for t in config.tiers if t.kind is TierKind.LOCAL]
+        tiers = budgets.tier_table(prices, local, config.budget_settings, features.private)
+        now = datetime.now(UTC)
+        verdict = budgets.admit(state.budgets, limits, request, decision.tier, tiers, now, time.monotonic())
+        counters = state.budget_metrics
+        if verdict.alert:
+            call.budget = budgets.ALERTED
+            counters.task_exceeded.labels("alerted").inc()
+            line = state.budgets.tasks.lines.get(call.task_id or "")
+            if line is not None and not line.alerted:
+                line.alerted = True  # one log line per task, the metric per request
+                log.warning("task %r is over its budget (team %s, feature %s)", call.task_id, call.team, call.feature)
+        chain = decision.chain
+        action = "rejected" if verdict.reject is not None else "downgraded"
+        for name in verdict.exceeded if verdict.reject is not None or verdict.downgrade_to else ():
+            task_counter = name == "task"
+            (counters.task_exceeded.labels(action) if task_counter else counters.exceeded.labels(name, action)).inc()
+        if verdict.reject is not None:
+            kind, tier = "insufficient_quota", decision.tier
+            raise Reject(429, verdict.reject, kind, "budget_exceeded", tier, verdict.retry_after)
+        if verdict.downgrade_to is not None:
+            live = LiveState(state.flight.count, state.breakers.open_until, time.monotonic())
+            again = choose_tier(replace(features, model=verdict.downgrade_to), config, live)
+            chain = budgets.fitting(again.chain, request, tiers, state.budgets, limits, now)
+            if not chain:
+                message = "no tier within the budget can take this request now"
+                raise Reject(503, message, "service_unavailable", "unavailable", verdict.downgrade_to, 1)
+            decision = replace(again, tier=chain[0], chain=chain, reason=budgets.BUDGET_REASON)
+            call.budget = budgets.DOWNGRADED
+        call.hold = budgets.hold(state.budgets, verdict, request, chain, tiers, limits, time.monotonic())
+        return decision
+
     async def explain(self, request: web.Request) -> web.Response:
         """`POST /v1/tiered/explain`: the body of a completion request in, the routing decision out — the
         features, signals, every rule's outcome and the chosen chain — without forwarding anything."""
@@ -361,6 +420,7 @@ class Handlers:
             identity = auth.identify(snap.keys, headers.get("Authorization"))
             if identity is None:
                 raise Reject(401, *UNAUTHORIZED)
+            call.api_key = identity.name
         too_large = Reject(
             413, f"request body over {config.max_body_bytes} bytes", "invalid_request_error", "body_too_large"
         )
@@ -434,6 +494,8 @@ class Handlers:
         headers.update(call.notes)
         if call.route_score is not None:
             headers["x-tiered-route-score"] = f"{call.route_score:.4f}"
+        if call.budget:
+            headers["x-tiered-budget"] = call.budget
         content_type = response.headers.get("content-type", "application/json")
         if call.stream and response.status_code == 200 and content_type.startswith("text/event-stream"):
             self._skip_escalation(snap, tier, headers)
@@ -764,6 +826,8 @@ class Handlers:
         if usage.cache_write_tokens:
             metrics.cached_tokens.labels(tier, "write").inc(usage.cache_write_tokens)
         self.state.ledger.add((tier, call.team, call.feature), usage, spent, baseline)
+        if call.hold is not None:
+            budgets.settle(self.state.budgets, call.hold, tier, usage.input_tokens + usage.output_tokens, spent)
         self.state.reports.add(
             time.time(), call.request_id, call.task_id, tier, call.team, call.feature, call.user,
             usage.input_tokens, usage.output_tokens, spent, baseline,
@@ -885,8 +949,13 @@ def build_app(state: RouterState, serve_metrics: bool = True) -> web.Application
 
     async def lifespan(app: web.Application) -> Any:
         watcher = asyncio.create_task(state.watch_files())
+        await state.spend_sync.sync_once()  # our stored spend back before the first request (bounded timeouts)
+        syncer = asyncio.create_task(state.spend_sync.run())
         yield
         watcher.cancel()
+        syncer.cancel()
+        await state.spend_sync.sync_once()  # what we spent since the last sync
+        await state.spend_sync.close()
         await state.upstream.transport.aclose()
         state.embedder.close()
 

@@ -6,6 +6,7 @@ File format (either `key` in plain text, hashed at load and then dropped, or its
       - sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
         team: marketing
         feature: chatbot        # optional default feature
+        name: marketing-web     # optional: what a budget's `apiKey` names
       - key: sk-legal-1
         team: legal
       - key: sk-platform-1
@@ -31,6 +32,8 @@ class Identity:
     feature: str | None = None
     admin: bool = False
     """May read every team's costs (others see their own team's rows only)."""
+    name: str | None = None
+    """The key's `name` in the file (what a budget's `apiKey` names); the key itself is never kept."""
 
 
 def hash_key(key: str) -> str:
@@ -59,7 +62,10 @@ def load_keys(path: str | Path) -> dict[str, Identity]:
         feature, admin = entry.get("feature"), entry.get("admin", False)
         if not isinstance(admin, bool):
             raise ValueError(f"{path}: keys[{i}].admin must be true or false")
-        keys[digest] = Identity(entry["team"], feature if isinstance(feature, str) else None, admin)
+        name = entry.get("name")
+        keys[digest] = Identity(
+            entry["team"], feature if isinstance(feature, str) else None, admin, name if isinstance(name, str) else None
+        )
     return keys
 
 

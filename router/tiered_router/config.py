@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from tiered_router.budgets import Budget, BudgetSettings, TaskBudget
 from tiered_router.cache import CacheSettings
 from tiered_router.escalation import Escalation
 
@@ -345,6 +346,15 @@ class RouterConfig(_Model):
     encoder: EncoderSettings = Field(
         default_factory=EncoderSettings, description="The encoder behind classifier and similarTo rules."
     )
+    budgets: list[Budget] = Field(
+        default_factory=list, description="Spend caps per team, feature or API key, daily and/or monthly (UTC)."
+    )
+    budget_settings: BudgetSettings = Field(
+        default_factory=BudgetSettings, description="How budgets are enforced: local tiers, reservation, store."
+    )
+    task_budget: TaskBudget | None = Field(
+        None, description="Per `x-tiered-task-id`: tokens and cost summed over a task's calls."
+    )
     cache: CacheSettings | None = Field(
         None, description="Exact and semantic response caches; none (the default) turns both off."
     )
@@ -405,6 +415,9 @@ class RouterConfig(_Model):
             problems.append(f"privacy.localTier {self.privacy.local_tier!r} must be a local tier")
         if self.privacy.private_teams and not any(t.kind is TierKind.LOCAL for t in self.tiers):
             problems.append("privacy.privateTeams is set but no tier is local: their requests could never be served")
+        ids = [b.id for b in self.budgets]
+        if len(set(ids)) != len(ids):
+            problems.append(f"budgets must have distinct scopes (team, feature, apiKey), got {ids}")
         if problems:
             raise ValueError("; ".join(problems))
         return self

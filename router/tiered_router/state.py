@@ -25,10 +25,12 @@ import httpx
 from tiered_router import anthropic, auth, cost, forward, outcomes
 from tiered_router.attribution import LabelBounds
 from tiered_router.breaker import CLOSED, HALF_OPEN, OPEN, Breakers
+from tiered_router.budgets import Budgets
 from tiered_router.cache import ResponseCache
 from tiered_router.config import AUTO_MODEL, RouterConfig, TierApi, TierKind, load_config
 from tiered_router.metrics import RouterMetrics
 from tiered_router.scoring import Embedder, RoutingModels, routing_models
+from tiered_router.spend_store import BudgetMetrics, SpendSync
 
 log = logging.getLogger("tiered.router")
 
@@ -185,6 +187,12 @@ class RouterState:
         self.ledger = cost.CostLedger()
         self.reports = outcomes.Reports(started=time.time())
         self.labels = LabelBounds()
+        self.budgets = Budgets()
+        """Spend per budget window and per task (kept across reloads; synced through the spend store)."""
+        self.budget_metrics = BudgetMetrics(self.metrics.registry, self.budgets)
+        self.spend_sync = SpendSync(
+            self.budgets, lambda: self.snapshot.config.budget_settings.store, self.budget_metrics
+        )
         self.cache = ResponseCache()
         """Exact and semantic response caches (kept across reloads, resized by each config)."""
         self.cache.configure(config.cache)

@@ -1,6 +1,6 @@
-"""RoutingPolicy → its router (ServiceAccount, ConfigMap, Deployment, Service) with the real operator, the
-real kubectl and the emulator: owned by the policy, config changes reach only the ConfigMap, drift repaired,
-re-applying the examples is a no-op."""
+"""RoutingPolicy → its router (ServiceAccount, Role and RoleBinding for budgets, ConfigMap, Deployment,
+Service) with the real operator, the real kubectl and the emulator: owned by the policy, config changes reach
+only the ConfigMap, drift repaired, re-applying the examples is a no-op."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tiered_router.config import RouterConfig
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 ROUTER = "tiered-router-default"
-KINDS = ("serviceaccount", "configmap", "deployment", "service")
+KINDS = ("serviceaccount", "role", "rolebinding", "configmap", "deployment", "service")  # role(binding): budgets
 
 
 def get(emulator: EmulatorProcess, *args: str) -> Any:

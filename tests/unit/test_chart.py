@@ -161,7 +161,9 @@ OPERATOR_GRANTS = {
     ("ray.io", "rayservices"): WATCHED_CHILD,
     ("apps", "deployments"): WATCHED_CHILD,
     ("", "services"): WATCHED_CHILD,
-    ("", "configmaps"): WATCHED_CHILD,
+    ("", "configmaps"): WATCHED_CHILD | {"get"},  # get: only so that it may grant it to routers (budgets)
+    ("rbac.authorization.k8s.io", "roles"): WATCHED_CHILD,
+    ("rbac.authorization.k8s.io", "rolebindings"): WATCHED_CHILD,
     ("", "serviceaccounts"): WATCHED_CHILD,
     ("", "events"): {"create"},
 }

@@ -47,7 +47,11 @@ def test_tiers_endpoints_prices_and_rules() -> None:
     assert (config.escalation.from_tier, config.escalation.to, config.escalation.min_confidence) == (
         "triage", "frontier", 0.7)
     assert config.privacy.private_teams == ["legal"]
-    assert notes == ["budgets are not enforced by the router yet"]
+    assert notes == []
+    (budget,) = config.budgets
+    assert (budget.team, budget.monthly_usd, budget.on_exceed) == ("marketing", 500, "downgrade")
+    assert config.budget_settings.store is not None
+    assert config.budget_settings.store.config_map == "tiered-spend-default"
 
 
 def test_configmap_round_trips_through_the_routers_own_model() -> None:
@@ -101,3 +105,21 @@ def test_cache_reaches_the_router() -> None:
         0.9, True, True, 10000)
     assert config.rules[0].semantic_cache is True
     assert router_config(policy, tiers, bursting=False)[0].cache is None  # no spec.cache: no cache
+
+
+def test_budgets_daily_monthly_per_key_and_task_budgets_reach_the_router() -> None:
+    policy, tiers = examples()
+    raw = policy.model_dump(by_alias=True, exclude_none=True)
+    raw["spec"]["budgets"] = [{"team": "web", "dailyUSD": 5, "monthlyUSD": 100, "onExceed": "reject"},
+                              {"apiKey": "ci", "dailyUSD": 1}]
+    raw["spec"]["budgetSettings"] = {"localTiers": "priced", "syncSeconds": 2}
+    raw["spec"]["taskBudget"] = {"maxTokens": 50000, "onExceed": "downgrade", "ttlSeconds": 600}
+    config, notes = router_config(type(policy).model_validate(raw), tiers, bursting=False)
+    assert notes == []
+    assert [(b.id, b.daily_usd, b.monthly_usd, b.on_exceed.value) for b in config.budgets] == [
+        ("team=web", 5, 100, "reject"), ("key=ci", 1, None, "downgrade")]
+    assert config.budget_settings.local_tiers.value == "priced" and config.budget_settings.store is not None
+    assert config.budget_settings.store.sync_seconds == 2
+    assert config.task_budget is not None
+    assert (config.task_budget.max_tokens, config.task_budget.on_exceed.value, config.task_budget.ttl_seconds) == (
+        50000, "downgrade", 600)

@@ -84,7 +84,8 @@ def test_golden(case: str) -> None:
 
 def test_kinds_names_owner_and_labels() -> None:
     objects = _render(_gateway_raw())
-    assert [obj.kind for obj in objects] == ["ServiceAccount", "ConfigMap", "Deployment", "Service", "HTTPRoute"]
+    assert [obj.kind for obj in objects] == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment",
+                                             "Service", "HTTPRoute"]
     assert {obj.name for obj in objects} == {"tiered-router-default"}
     for obj in objects:
         metadata = obj.body["metadata"]
@@ -174,8 +175,9 @@ def test_image_replica_and_resource_changes_update_the_deployment(change: str) -
 def test_api_keys_are_passed_by_reference_never_copied() -> None:
     objects = _by_kind(_render(_gateway_raw()))
     container = objects["Deployment"]["spec"]["template"]["spec"]["containers"][0]
-    assert container["env"] == [{"name": "TIERED_API_KEY_FRONTIER",
-                                 "valueFrom": {"secretKeyRef": {"name": "frontier-api", "key": "api-key"}}}]
+    assert container["env"] == [
+        {"name": "TIERED_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "TIERED_API_KEY_FRONTIER", "valueFrom": {"secretKeyRef": {"name": "frontier-api", "key": "api-key"}}}]
     config = RouterConfig.model_validate(yaml.safe_load(objects["ConfigMap"]["data"][CONFIG_KEY]))
     frontier = next(t for t in config.tiers if t.name == "frontier")
     assert frontier.api_key_env == "TIERED_API_KEY_FRONTIER"
@@ -231,3 +233,25 @@ def test_httproute_matches_the_gateway_api_schema() -> None:
     broken["spec"]["rules"][0]["backendRefs"][0]["port"] = "http"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, schema)
+
+
+def test_budgets_let_the_router_keep_spend_in_its_own_configmap_only() -> None:
+    objects = _by_kind(_render(_example_raw()))  # the example has a budget
+    role, binding = objects["Role"], objects["RoleBinding"]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["tiered-spend-default"],
+         "verbs": ["get", "patch"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},  # RBAC cannot name a create
+    ]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "tiered-router-default"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tiered-router-default", "namespace": "default"}]
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is True and pod["serviceAccountName"] == "tiered-router-default"
+    config = RouterConfig.model_validate(yaml.safe_load(objects["ConfigMap"]["data"][CONFIG_KEY]))
+    store = config.budget_settings.store
+    assert store is not None and (store.config_map, store.namespace) == ("tiered-spend-default", "default")
+    # Without budgets: no Role, no token in the pod (the router never talks to the API then).
+    plain = _by_kind(_render(_changed(_example_raw(), lambda spec: spec.pop("budgets"))))
+    assert "Role" not in plain and "RoleBinding" not in plain
+    assert plain["Deployment"]["spec"]["template"]["spec"]["automountServiceAccountToken"] is False

@@ -588,9 +588,53 @@ class Cache(Spec):
 
 
 class Budget(Spec):
-    team: str = Field(min_length=1, max_length=128)
-    monthly_usd: float = Field(ge=0, alias="monthlyUSD")
-    on_exceed: Literal["downgrade", "reject"] = "downgrade"
+    """A spend cap on the requests matching all its given selectors (none given: every request)."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("has(self.dailyUSD) || has(self.monthlyUSD)", "a budget needs dailyUSD, monthlyUSD or both"),
+    ))
+
+    team: str | None = Field(default=None, min_length=1, max_length=128, description="Requests of this team.")
+    feature: str | None = Field(default=None, min_length=1, max_length=128, description="Requests of this feature.")
+    api_key: str | None = Field(
+        default=None, min_length=1, max_length=128,
+        description="Requests made with the API key of this `name` in the router's API keys file.",
+    )
+    daily_usd: float | None = Field(default=None, ge=0, le=1e9, alias="dailyUSD", description="USD per UTC day.")
+    monthly_usd: float | None = Field(
+        default=None, ge=0, le=1e9, alias="monthlyUSD", description="USD per UTC calendar month."
+    )
+    on_exceed: Literal["downgrade", "reject"] = Field(
+        default="downgrade",
+        description="downgrade: to the cheapest tier that fits (x-tiered-budget: downgraded); reject: 429.",
+    )
+
+
+class BudgetSettings(Spec):
+    """How the router enforces `budgets`."""
+
+    local_tiers: Literal["exempt", "priced"] = Field(
+        default="exempt", description="Self-hosted tiers: exempt from budgets (where downgrades go) or priced."
+    )
+    sync_seconds: float = Field(
+        default=5, ge=0.5, le=300,
+        description="Seconds between router replicas' syncs of the spend ConfigMap: the enforcement lag.",
+    )
+
+
+class TaskBudget(Spec):
+    """Per task (`x-tiered-task-id`): tokens and cost summed over its calls."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("has(self.maxTokens) || has(self.maxUSD)", "a task budget needs maxTokens, maxUSD or both"),
+    ))
+
+    max_tokens: int | None = Field(default=None, ge=1, le=10**12, description="Input + output tokens per task.")
+    max_usd: float | None = Field(default=None, ge=0, le=1e9, alias="maxUSD", description="USD per task.")
+    on_exceed: Literal["alert", "downgrade", "reject"] = Field(
+        default="alert", description="alert (a metric and a log line), downgrade or reject."
+    )
+    ttl_seconds: int = Field(default=3600, ge=1, le=604800, description="A task idle this long is forgotten.")
 
 
 Quantity = Annotated[str, Field(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")]
@@ -695,6 +739,8 @@ class RoutingPolicySpec(Spec):
     attribution: Attribution | None = None
     cache: Cache | None = None
     budgets: list[Budget] = Field(default_factory=list, max_length=256)
+    budget_settings: BudgetSettings | None = None
+    task_budget: TaskBudget | None = None
     router: RouterDeployment = Field(default_factory=RouterDeployment)
 
     def tier(self, name: str) -> PolicyTier:

@@ -119,6 +119,9 @@ def _router_child_event(plural: str, resource: str | None = None) -> None:
 for _plural in ("serviceaccounts", "configmaps", "deployments", "services"):
     _router_child_event(_plural)
 _router_child_event("httproutes", "httproutes.gateway.networking.k8s.io")
+# A policy with budgets: the Role and RoleBinding that let its router keep spend in a ConfigMap.
+_router_child_event("roles", "roles.rbac.authorization.k8s.io")
+_router_child_event("rolebindings", "rolebindings.rbac.authorization.k8s.io")
 
 
 def add_operator_arguments(parser: argparse.ArgumentParser) -> None:

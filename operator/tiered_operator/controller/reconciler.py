@@ -58,7 +58,7 @@ Key = tuple[str, str, str]  # (kind plural, namespace, name)
 TIERS, POLICIES, RAYSERVICES = "inferencetiers", "routingpolicies", "rayservices"
 # What runs a policy's router, by kind: the plural the API serves it under.
 ROUTER_KINDS = {"ServiceAccount": "serviceaccounts", "ConfigMap": "configmaps", "Deployment": "deployments",
-                "Service": "services", "HTTPRoute": "httproutes"}
+                "Service": "services", "HTTPRoute": "httproutes", "Role": "roles", "RoleBinding": "rolebindings"}
 STATUS_MODELS: dict[str, type[TierStatus] | type[PolicyStatus]] = {TIERS: TierStatus, POLICIES: PolicyStatus}
 MAX_BACKOFF_SECONDS = 300.0
 # An unexpected error this many times in a row on one generation: stop until the object changes.

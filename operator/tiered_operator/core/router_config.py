@@ -5,8 +5,9 @@ tier the burst starts from gets `burst: true` and `burstTarget`, and the router 
 Local tiers point at their InferenceTier's endpoint and are priced from its `gpuHourUSD` and capacity plan;
 external tiers read their API key from an environment variable the router Deployment fills from the Secret.
 
-Policy features the router does not implement yet (budgets) are left out and named in the returned
-notes, so the operator can say so instead of silently dropping them.
+Policy features the router does not implement yet are left out and named in the returned notes, so the
+operator can say so instead of silently dropping them. Budgets keep their spend in the ConfigMap
+`spend_configmap_name(policy)`, which the router replicas write themselves (router_objects grants it).
 
 Pure: no I/O.
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from tiered_router.budgets import Budget, BudgetSettings, SpendStore, TaskBudget
 from tiered_router.cache import CacheSettings, ExactCache, SemanticCache
 from tiered_router.config import (
     Attribution,
@@ -155,8 +157,6 @@ def _router_config(
             raise RouterConfigRejected(f"{REJECTED}: rules[{index}].match: {_one_line(error)}") from None
         rules.append(Rule(name=f"rule-{index}", match=routed, tier=rule.tier, max_tokens=rule.max_tokens,
                           max_context_tokens=rule.max_context_tokens, semantic_cache=rule.semantic_cache))
-    if spec.budgets:
-        notes.append("budgets are not enforced by the router yet")
     config = RouterConfig(
         tiers=[_tier(entry, policy, tiers, bursting) for entry in spec.tiers],
         default=spec.default,
@@ -172,8 +172,33 @@ def _router_config(
             features=list(spec.attribution.features),
             **({"max_label_values": spec.attribution.max_label_values}
                if spec.attribution.max_label_values is not None else {})),
+        **_budgets(policy),
     )
     return config, notes
+
+
+def spend_configmap_name(policy: RoutingPolicy) -> str:
+    """The ConfigMap where the policy's router replicas keep their budget spend (one key per pod)."""
+    return f"tiered-spend-{policy.metadata.name}"
+
+
+def _budgets(policy: RoutingPolicy) -> dict[str, Any]:
+    """`budgets`, `budgetSettings` (with the shared spend store) and `taskBudget` for the router."""
+    spec = policy.spec
+    rendered: dict[str, Any] = {}
+    if spec.budgets:
+        rendered["budgets"] = [Budget.model_validate(b.model_dump(by_alias=True, exclude_none=True))
+                               for b in spec.budgets]
+        settings = spec.budget_settings
+        rendered["budget_settings"] = BudgetSettings(
+            local_tiers=settings.local_tiers if settings else "exempt",
+            store=SpendStore(config_map=spend_configmap_name(policy), namespace=policy.metadata.namespace,
+                             sync_seconds=settings.sync_seconds if settings else 5.0),
+        )
+    if spec.task_budget is not None:
+        rendered["task_budget"] = TaskBudget.model_validate(spec.task_budget.model_dump(by_alias=True,
+                                                                                        exclude_none=True))
+    return rendered
 
 
 def _cache(policy: RoutingPolicy) -> CacheSettings | None:

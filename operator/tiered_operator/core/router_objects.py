@@ -2,12 +2,18 @@
 
 Per policy: a ServiceAccount, the ConfigMap carrying the RouterConfig (`router_config.render_router_configmap`),
 a Deployment running `tiered router` with that ConfigMap mounted as a directory, a Service, and optionally a
-Gateway API HTTPRoute. Every object is owned by the policy and carries a `tiered.dev/spec-hash` annotation
-(of what an update writes), so the controller can tell a no-op from an update by comparing one string.
+Gateway API HTTPRoute. A policy with budgets also gets a Role and RoleBinding that let the router's
+ServiceAccount get and patch its spend ConfigMap (`tiered-spend-<policy>`, by resourceNames) and create
+ConfigMaps (RBAC cannot restrict `create` by name: the first replica creates it); then, and only then, the
+pod mounts its service account token. The ConfigMap itself is the routers' (never rendered here: the
+operator would otherwise repair their spend away as drift). Every object is owned by the policy and carries
+a `tiered.dev/spec-hash` annotation (of what an update writes), so the controller can tell a no-op from an
+update by comparing one string.
 
 The router reloads its config file when the mounted ConfigMap changes, so nothing derived from the config
 (rules, endpoints, burst flags) may reach the pod template: a config change must update only the ConfigMap.
-Only image, replicas, resources and the Secrets it references roll the Deployment. API keys stay in the
+Only image, replicas, resources, the Secrets it references and whether it has budgets (the token mount) roll
+the Deployment. API keys stay in the
 user's Secrets: external keys come in as `valueFrom.secretKeyRef` env, the router's own key file as a
 Secret volume; none of them is ever copied into the ConfigMap.
 
@@ -25,7 +31,7 @@ from tiered_router.config import RouterConfig
 
 from tiered_operator.api.model import ResourceList, RoutingPolicy
 from tiered_operator.core.render import MANAGED_BY, SPEC_HASH_ANNOTATION
-from tiered_operator.core.router_config import CONFIG_KEY, render_router_configmap
+from tiered_operator.core.router_config import CONFIG_KEY, render_router_configmap, spend_configmap_name
 
 POLICY_LABEL = "tiered.dev/policy"
 ROUTER_IMAGE = "ghcr.io/tiered-dev/tiered-router"
@@ -45,6 +51,8 @@ SHUTDOWN_SECONDS = 25  # in-flight requests finish before the kubelet's SIGKILL 
 DEFAULT_REQUESTS = {"cpu": "250m", "memory": "256Mi"}
 DEFAULT_LIMITS = {"memory": "512Mi"}
 HTTPROUTE_API_VERSION = "gateway.networking.k8s.io/v1"
+RBAC_API_VERSION = "rbac.authorization.k8s.io/v1"
+POD_NAME_ENV = "TIERED_POD_NAME"  # the router's key in the spend ConfigMap (tiered_router.spend_store)
 MAX_NAME = 63  # a Service name is a DNS-1035 label
 
 
@@ -170,8 +178,10 @@ def render_deployment(
         "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
     }
-    if env := _api_key_env(policy, config):
-        container["env"] = env
+    # The pod's own name: a replica's key in the spend ConfigMap (harmless without budgets).
+    env = [{"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+           *_api_key_env(policy, config)]
+    container["env"] = env
     container.update({
         "resources": _resources(policy),
         "livenessProbe": probe,
@@ -208,8 +218,8 @@ def render_deployment(
                 "metadata": {"labels": _labels(policy)},
                 "spec": {
                     "serviceAccountName": name,
-                    # The router never talks to the Kubernetes API.
-                    "automountServiceAccountToken": False,
+                    # The router talks to the Kubernetes API only to keep budget spend (its Role allows no more).
+                    "automountServiceAccountToken": uses_spend_store(policy),
                     "terminationGracePeriodSeconds": GRACE_SECONDS,
                     "securityContext": {
                         "runAsNonRoot": True,
@@ -248,6 +258,36 @@ def render_service_account(policy: RoutingPolicy) -> dict[str, Any]:
     }
 
 
+def uses_spend_store(policy: RoutingPolicy) -> bool:
+    return bool(policy.spec.budgets)
+
+
+def render_spend_role(policy: RoutingPolicy) -> dict[str, Any]:
+    """What the router's ServiceAccount may do: keep its spend in the one ConfigMap, nothing else."""
+    return {
+        "apiVersion": RBAC_API_VERSION,
+        "kind": "Role",
+        "metadata": _metadata(policy, router_name(policy)),
+        "rules": [
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [spend_configmap_name(policy)],
+             "verbs": ["get", "patch"]},
+            # `create` is authorized before the object has a name, so resourceNames cannot narrow it.
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+        ],
+    }
+
+
+def render_spend_role_binding(policy: RoutingPolicy) -> dict[str, Any]:
+    name = router_name(policy)
+    return {
+        "apiVersion": RBAC_API_VERSION,
+        "kind": "RoleBinding",
+        "metadata": _metadata(policy, name),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": policy.metadata.namespace}],
+    }
+
+
 def render_httproute(policy: RoutingPolicy) -> dict[str, Any] | None:
     """The HTTPRoute to the router's Service, when the policy asks for one."""
     route = policy.spec.router.http_route
@@ -282,8 +322,10 @@ def render_router_objects(
     configmap = render_router_configmap(policy, config)
     name = router_name(policy)
     configmap["metadata"] = _metadata(policy, name)  # its labels are a superset of the ConfigMap's own
-    bodies = [render_service_account(policy), configmap, render_deployment(policy, config, name, default_image),
-              render_service(policy)]
+    bodies = [render_service_account(policy)]
+    if uses_spend_store(policy):  # before the pods that use them
+        bodies += [render_spend_role(policy), render_spend_role_binding(policy)]
+    bodies += [configmap, render_deployment(policy, config, name, default_image), render_service(policy)]
     if (route := render_httproute(policy)) is not None:
         bodies.append(route)
     return [_finish(body) for body in bodies]
