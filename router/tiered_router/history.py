@@ -7,7 +7,7 @@ span / step buckets times the label combinations seen in each (themselves capped
 
 `PrometheusHistory` answers the same question from the router's own counters in a Prometheus
 (`prometheusURL`): it survives restarts and sums every router replica. Tokens carry no team label in the
-router's metrics, so a team-scoped Prometheus series reports cost and requests only (tokens from the ring).
+router's metrics, so a team-scoped query has no token series (the cost API serves teams from the ring).
 
 Must not: import the HTTP server or look at a request. `PrometheusHistory` blocks (prometheus-api-client
 uses requests): call it off the event loop.

@@ -170,7 +170,8 @@ class Reporting:
         step = max(step, window / 720)  # at most 720 points
         now = time.time()
         url = snap.config.prometheus_url
-        if url and source is None:
+        # A team's view stays on the ring: the router's token counter has no team label in Prometheus.
+        if url and source is None and team is None:
             client = self._prometheus.get(url)
             if client is None:
                 client = self._prometheus[url] = PrometheusHistory(url)

@@ -20,6 +20,11 @@ from tiered_devstack.prometheus import Prometheus, poll
 pytestmark = pytest.mark.integration
 
 
+KEYS = "keys:\n  - {key: sk-search, team: search}\n  - {key: sk-support, team: support}\n" \
+       "  - {key: sk-admin, team: platform, admin: true}\n"
+ADMIN = {"Authorization": "Bearer sk-admin"}
+
+
 def workload(rt: Router) -> None:
     for i in range(6):
         team = ("search", "support")[i % 2]
@@ -27,7 +32,7 @@ def workload(rt: Router) -> None:
         reply = rt.http.post(
             "/v1/chat/completions",
             json={"model": "auto", "messages": [{"role": "user", "content": text}]},
-            headers={"x-tiered-team": team, "x-tiered-feature": "history"},
+            headers={"Authorization": f"Bearer sk-{team}"},
         )
         assert reply.status_code == 200, reply.text
 
@@ -41,7 +46,9 @@ def bed(
     router_fakes: dict[str, FakeUpstream], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Router, Prometheus]]:
     tmp = tmp_path_factory.mktemp("cost-history")
-    config = base_config(router_fakes, privacy={})
+    keys = tmp / "keys.yaml"
+    keys.write_text(KEYS)
+    config = base_config(router_fakes, privacy={}, apiKeysFile=str(keys))
     with router(config, tmp) as rt, Prometheus(tmp, [], jobs={"router": [rt.url.removeprefix("http://")]}) as prom:
         # The router starts first (Prometheus needs its address), then learns Prometheus's by a reload.
         rt.apply({**config, "prometheusURL": prom.url})
@@ -61,10 +68,10 @@ def _scraped(prom: Prometheus) -> float | None:
 
 def test_history_comes_from_prometheus(bed: tuple[Router, Prometheus]) -> None:
     rt, _ = bed
-    series = rt.http.get("/v1/tiered/costs/history?window=300&step=300").json()
+    series = rt.http.get("/v1/tiered/costs/history?window=300&step=300", headers=ADMIN).json()
     assert series["source"] == "prometheus" and "prometheus_error" not in series
-    totals = rt.http.get("/v1/tiered/costs").json()["totals"]
-    ring = rt.http.get("/v1/tiered/costs/history?window=300&step=300&source=memory").json()
+    totals = rt.http.get("/v1/tiered/costs", headers=ADMIN).json()["totals"]
+    ring = rt.http.get("/v1/tiered/costs/history?window=300&step=300&source=memory", headers=ADMIN).json()
     assert ring["source"] == "memory"
     assert set(series["tiers"]) == set(ring["tiers"])
     # At least the second pass (half the traffic), at most twice everything (extrapolation).
@@ -73,14 +80,24 @@ def test_history_comes_from_prometheus(bed: tuple[Router, Prometheus]) -> None:
         assert total / 2 * 0.9 <= sum_field(series, field) <= 2 * total, field
 
 
+def test_a_team_s_history_comes_from_the_ring(bed: tuple[Router, Prometheus]) -> None:
+    rt, _ = bed
+    headers = {"Authorization": "Bearer sk-search"}
+    series = rt.http.get("/v1/tiered/costs/history?window=300&step=60", headers=headers).json()
+    assert series["source"] == "memory" and series["team"] == "search"  # no team label on Prometheus's tokens
+    totals = rt.http.get("/v1/tiered/costs", headers=headers).json()["totals"]
+    assert sum_field(series, "requests") == totals["requests"]
+    assert sum_field(series, "input_tokens") == totals["input_tokens"]
+
+
 def test_an_unreachable_prometheus_falls_back_to_the_ring(bed: tuple[Router, Prometheus]) -> None:
     rt, prom = bed
     config = base_config_from(rt)
     rt.apply({**config, "prometheusURL": free_port_url().removesuffix("/v1")})
     try:
-        series = rt.http.get("/v1/tiered/costs/history?window=300&step=60").json()
+        series = rt.http.get("/v1/tiered/costs/history?window=300&step=60", headers=ADMIN).json()
         assert series["source"] == "memory" and series["prometheus_error"]
-        totals = rt.http.get("/v1/tiered/costs").json()["totals"]
+        totals = rt.http.get("/v1/tiered/costs", headers=ADMIN).json()["totals"]
         assert sum_field(series, "requests") == totals["requests"]
     finally:
         rt.apply({**config, "prometheusURL": prom.url})
