@@ -384,6 +384,9 @@ class Handlers:
             features, decision = await self._decide(request, snap, call)
         except Reject as reject:
             return error_response(reject.status, reject.message, reject.kind, reject.code, reject.headers, reject.param)
+        if decision.reason == UNKNOWN_MODEL:  # as a completion would answer: nothing to explain
+            message = f"model {features.model!r} does not exist; use a tier name or {AUTO_MODEL!r}"
+            return error_response(404, message, "invalid_request_error", "model_not_found", None, "model")
         explanation = {
             "model": features.model,
             "tier": decision.tier,

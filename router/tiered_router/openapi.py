@@ -295,6 +295,7 @@ def openapi_document(config: RouterConfig) -> dict[str, Any]:
                         },
                         "400": _error("Malformed request."),
                         "401": _error("Missing or invalid API key."),
+                        "404": _error("Unknown model."),
                     },
                 }
             },

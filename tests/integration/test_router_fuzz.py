@@ -3,6 +3,7 @@ that no request marked private ever reaches the external upstream, whatever fail
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +45,10 @@ def test_schemathesis_finds_no_5xx_or_schema_violation(router_fakes: dict[str, F
             check=False,
         )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    assert "No issues found" in result.stdout
+    # Every generated case passed. (A "missing test data" warning for /v1/tiered/feedback is expected: it
+    # answers 404 for request ids the router never issued, and schemathesis cannot make a real one.)
+    assert re.search(r"(\d+) generated, \1 passed", result.stdout), result.stdout[-3000:]
+    assert "Failures" not in result.stdout and "FAILURES" not in result.stdout
 
 
 MARKS = st.sampled_from(
