@@ -126,48 +126,43 @@ def report_split(rows: list, to_frontier: np.ndarray, prices: dict[str, cost.Pri
     }
 
 
-async def through_router(url: str, rows: list) -> np.ndarray:
-    """Send every prompt as `model: auto`; whether the frontier tier answered each."""
-    tiers = [""] * len(rows)
+async def post_all(url: str, path: str, bodies: list[dict]) -> list[httpx.Response]:
+    """POST every body, CONCURRENCY at a time (each once: bounded); the replies in order, all 200."""
+    replies: list[httpx.Response | None] = [None] * len(bodies)
     queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(len(rows)):
+    for i in range(len(bodies)):
         queue.put_nowait(i)
 
     async def worker(client: httpx.AsyncClient) -> None:
         while not queue.empty():
             i = queue.get_nowait()
-            messages = ([{"role": "system", "content": rows[i].system}] if rows[i].system else []) + [
-                {"role": "user", "content": rows[i].prompt}
-            ]
-            reply = await client.post(
-                "/v1/chat/completions", json={"model": "auto", "messages": messages, "max_tokens": 16}
-            )
-            reply.raise_for_status()
-            assert "x-tiered-route-score" in reply.headers, "the classifier did not score (encoder budget?)"
-            tiers[i] = reply.headers["x-tiered-tier"]
+            replies[i] = (await client.post(path, json=bodies[i])).raise_for_status()
 
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
         await asyncio.gather(*(worker(client) for _ in range(CONCURRENCY)))
-    return np.asarray([t == "frontier" for t in tiers])
+    return [r for r in replies if r is not None]
+
+
+async def through_router(url: str, rows: list) -> np.ndarray:
+    """Send every prompt as `model: auto`; whether the frontier tier answered each."""
+    bodies = [
+        {
+            "model": "auto",
+            "messages": ([{"role": "system", "content": r.system}] if r.system else [])
+            + [{"role": "user", "content": r.prompt}],
+            "max_tokens": 16,
+        }
+        for r in rows
+    ]
+    replies = await post_all(url, "/v1/chat/completions", bodies)
+    assert all("x-tiered-route-score" in r.headers for r in replies), "the classifier did not score (budget?)"
+    return np.asarray([r.headers["x-tiered-tier"] == "frontier" for r in replies])
 
 
 async def explain_scores(url: str, prompts: list[str]) -> np.ndarray:
-    scores = np.zeros(len(prompts))
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(len(prompts)):
-        queue.put_nowait(i)
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        while not queue.empty():
-            i = queue.get_nowait()
-            body = {"model": "auto", "messages": [{"role": "user", "content": prompts[i]}]}
-            reply = await client.post("/v1/tiered/explain", json=body)
-            reply.raise_for_status()
-            scores[i] = next(iter(reply.json()["signals"]["scores"].values()))
-
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        await asyncio.gather(*(worker(client) for _ in range(CONCURRENCY)))
-    return scores
+    bodies = [{"model": "auto", "messages": [{"role": "user", "content": p}]} for p in prompts]
+    replies = await post_all(url, "/v1/tiered/explain", bodies)
+    return np.asarray([next(iter(r.json()["signals"]["scores"].values())) for r in replies])
 
 
 def rules_route(rows: list, rules: list[dict], small: str, frontier: str) -> np.ndarray:
