@@ -63,9 +63,13 @@ class HistoryRing:
         line[4] += baseline
 
     def tokens_since(self, since: float) -> float:
-        """Input plus output tokens in the buckets that start at or after `since` (every team)."""
+        """Input plus output tokens in the buckets that end after `since` (every team): the bucket holding
+        `since` counts whole, so a window shorter than a step still sees the traffic in it."""
         return sum(
-            line[1] + line[2] for bucket in self.buckets if bucket.start >= since for line in bucket.lines.values()
+            line[1] + line[2]
+            for bucket in self.buckets
+            if bucket.start + self.step > since
+            for line in bucket.lines.values()
         )
 
     def series(self, now: float, window: float, step: float, team_only: str | None = None) -> dict[str, Any]:

@@ -76,7 +76,7 @@ def costs_report(state: RouterState, snap: Snapshot, team: str | None) -> dict[s
 def _tokens_per_day(state: RouterState, now: float) -> float:
     ring = state.reports.ring
     window = min(VOLUME_WINDOW_SECONDS, max(ring.step, now - state.reports.started))
-    # Whole buckets: the one holding `now - window` is counted if it starts after it (at most one step short).
+    # Whole buckets: the one holding `now - window` counts whole (at most one step over).
     return ring.tokens_since(now - window) * economics.SECONDS_PER_DAY / window
 
 
