@@ -52,7 +52,8 @@ def test_only_the_lease_holder_reconciles_and_a_killed_leader_hands_over(emulato
             eventually(lambda: emulator.api("GET", "/apis/ray.io/v1/namespaces/default/rayservices/one")[0] == 200,
                        what="RayService one")
             assert (leader_metric(ports[0]), leader_metric(ports[1])) == (1, 0)
-            assert "RayService one" in first.output() and "RayService one" not in second.output()
+            eventually(lambda: "RayService one" in first.output(), what="the leader logging its write")
+            assert "RayService one" not in second.output()
 
             first.process.send_signal(signal.SIGKILL)  # no release: the lease must expire
             first.process.wait(timeout=10)
@@ -61,7 +62,8 @@ def test_only_the_lease_holder_reconciles_and_a_killed_leader_hands_over(emulato
             eventually(lambda: emulator.api("GET", "/apis/ray.io/v1/namespaces/default/rayservices/two")[0] == 200,
                        what="RayService two, made by the new leader")
             assert leader_metric(ports[1]) == 1
-            assert "RayService two" in second.output()
+            # The log line follows the write it reports: wait for it rather than read it once.
+            eventually(lambda: "RayService two" in second.output(), what="the new leader logging its write")
 
 
 def test_a_stopped_leader_releases_the_lease(emulator: EmulatorProcess, operator: OperatorProcess) -> None:
